@@ -1,0 +1,120 @@
+"""What all client sessions of one gateway share: state, faults, the client-id registry, the single account-updates
+subscription, and the record of every request. No I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from .faults import Faults
+from .messages import MARKET_DATA_REQUESTS, ORDER_REQUESTS
+from .state import GatewayState, Holding
+
+if TYPE_CHECKING:
+    from .session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the gateway received it."""
+
+    connection: int
+    client_id: int | None
+    msg_id: int
+    name: str
+    fields: tuple[str, ...]
+    received_at: datetime
+
+    @property
+    def is_order(self) -> bool:
+        return self.msg_id in ORDER_REQUESTS
+
+    @property
+    def is_market_data(self) -> bool:
+        return self.msg_id in MARKET_DATA_REQUESTS
+
+
+@dataclass
+class Hub:
+    """Cross-client rules live here so that every session sees the same gateway."""
+
+    state: GatewayState
+    faults: Faults = field(default_factory=Faults)
+    next_order_id: int = 1
+    sessions: dict[int, Session] = field(default_factory=dict)  # by client id, once the API started
+    requests: list[RequestRecord] = field(default_factory=list)
+    # IB serves account updates for one account at a time across all clients: (session, account) or None.
+    account_updates: tuple[Session, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.state.subscribe(self._on_holding_changed)
+
+    # --- client ids ----------------------------------------------------------------------------------------
+
+    def client_id_taken(self, client_id: int) -> bool:
+        return client_id in self.sessions or client_id in self.faults.locked_client_ids
+
+    def register(self, session: Session) -> None:
+        assert session.client_id is not None
+        self.sessions[session.client_id] = session
+
+    def unregister(self, session: Session) -> None:
+        if session.client_id is not None and self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        if self.account_updates and self.account_updates[0] is session:
+            self.account_updates = None
+
+    # --- account updates -------------------------------------------------------------------------------------
+
+    def subscribe_account_updates(self, session: Session, account: str) -> None:
+        """A new subscription replaces the one before it, whoever made it (IB's reqAccountUpdates rule)."""
+        previous = self.account_updates
+        if previous and previous[0] is not session:
+            log.warning(
+                "account updates for %s (client %s) cancelled in favour of %s (client %s)",
+                previous[1], previous[0].client_id, account, session.client_id,
+            )  # fmt: skip
+        self.account_updates = (session, account)
+
+    def unsubscribe_account_updates(self, session: Session) -> None:
+        if self.account_updates and self.account_updates[0] is session:
+            self.account_updates = None
+
+    def account_updates_account(self, session: Session) -> str | None:
+        if self.account_updates and self.account_updates[0] is session:
+            return self.account_updates[1]
+        return None
+
+    # --- pushes ----------------------------------------------------------------------------------------------
+
+    def _on_holding_changed(self, holding: Holding) -> None:
+        for session in list(self.sessions.values()):
+            session.push_holding(holding)
+
+    def refresh(self, portfolio: bool, pnl: bool) -> None:
+        """Periodic pushes: portfolio values (IB: about every 3 minutes) and per-position PnL (about 1 s)."""
+        for session in list(self.sessions.values()):
+            session.push_refresh(portfolio=portfolio, pnl=pnl)
+
+    def broadcast_error(self, code: int, text: str) -> None:
+        for session in list(self.sessions.values()):
+            session.push_error(code, text)
+
+    # --- the record ------------------------------------------------------------------------------------------
+
+    def record(self, session: Session, msg_id: int, name: str, fields: list[str]) -> None:
+        self.requests.append(
+            RequestRecord(session.connection, session.client_id, msg_id, name, tuple(fields), datetime.now(UTC))
+        )
+
+    def requests_by_client(self) -> dict[int | None, list[RequestRecord]]:
+        grouped: dict[int | None, list[RequestRecord]] = defaultdict(list)
+        for record in self.requests:
+            grouped[record.client_id].append(record)
+        return dict(grouped)

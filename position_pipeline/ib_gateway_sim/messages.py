@@ -1,0 +1,218 @@
+"""Message ids and the field layouts the simulator sends, per negotiated server version.
+
+Layouts follow IB's official decoder (`ibapi/decoder.py`, `ibapi/server_versions.py`) and were checked against
+ib_async 2.1's decoder, which unpacks several messages as exact tuples (an extra field drops the message there).
+Where a layout changes inside the supported range 157..178, the encoder takes the server version.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from .framing import Field
+from .state import Holding, Valuation
+
+MIN_SERVER_VERSION = 157
+MAX_SERVER_VERSION = 178
+# ibapi/server_versions.py: the ERR_MSG gains advancedOrderRejectJson from this version on.
+MIN_SERVER_VER_ADVANCED_ORDER_REJECT = 166
+NO_REQ_ID = -1
+
+
+class In(IntEnum):
+    """Client -> gateway message ids (ibapi/message.py OUT)."""
+
+    REQ_MKT_DATA = 1
+    CANCEL_MKT_DATA = 2
+    PLACE_ORDER = 3
+    CANCEL_ORDER = 4
+    REQ_OPEN_ORDERS = 5
+    REQ_ACCT_DATA = 6
+    REQ_EXECUTIONS = 7
+    REQ_IDS = 8
+    REQ_CONTRACT_DATA = 9
+    REQ_MKT_DEPTH = 10
+    REQ_AUTO_OPEN_ORDERS = 15
+    REQ_ALL_OPEN_ORDERS = 16
+    REQ_MANAGED_ACCTS = 17
+    REQ_HISTORICAL_DATA = 20
+    REQ_CURRENT_TIME = 49
+    REQ_REAL_TIME_BARS = 50
+    REQ_MARKET_DATA_TYPE = 59
+    REQ_POSITIONS = 61
+    REQ_ACCOUNT_SUMMARY = 62
+    CANCEL_POSITIONS = 64
+    START_API = 71
+    REQ_POSITIONS_MULTI = 74
+    REQ_ACCOUNT_UPDATES_MULTI = 76
+    CANCEL_ACCOUNT_UPDATES_MULTI = 77
+    REQ_HISTOGRAM_DATA = 88
+    REQ_PNL = 92
+    REQ_PNL_SINGLE = 94
+    CANCEL_PNL_SINGLE = 95
+    REQ_HISTORICAL_TICKS = 96
+    REQ_TICK_BY_TICK_DATA = 97
+    REQ_COMPLETED_ORDERS = 99
+
+
+# Requests that take one of IB's market-data lines (the "streaming slots" the pipeline must never use).
+MARKET_DATA_REQUESTS = frozenset({In.REQ_MKT_DATA, In.REQ_MKT_DEPTH, In.REQ_REAL_TIME_BARS, In.REQ_TICK_BY_TICK_DATA})
+ORDER_REQUESTS = frozenset({In.PLACE_ORDER, In.CANCEL_ORDER})
+
+
+class Out(IntEnum):
+    """Gateway -> client message ids (ibapi/message.py IN)."""
+
+    ERR_MSG = 4
+    ACCT_VALUE = 6
+    PORTFOLIO_VALUE = 7
+    ACCT_UPDATE_TIME = 8
+    NEXT_VALID_ID = 9
+    MANAGED_ACCTS = 15
+    CURRENT_TIME = 49
+    OPEN_ORDER_END = 53
+    ACCT_DOWNLOAD_END = 54
+    EXECUTION_DATA_END = 55
+    POSITION_DATA = 61
+    POSITION_END = 62
+    ACCOUNT_UPDATE_MULTI = 73
+    ACCOUNT_UPDATE_MULTI_END = 74
+    PNL_SINGLE = 95
+    COMPLETED_ORDERS_END = 102
+
+
+class ErrorCode(IntEnum):
+    """IB error codes the simulator sends, with IB's standard texts in ERROR_TEXT."""
+
+    MAX_RATE_EXCEEDED = 100
+    NO_SECURITY_DEFINITION = 200
+    SERVER_ERROR_READING_REQUEST = 320
+    SERVER_ERROR_VALIDATING_REQUEST = 321
+    CLIENT_ID_IN_USE = 326
+    MARKET_DATA_NOT_SUBSCRIBED = 354
+    CONNECTIVITY_LOST = 1100
+    CONNECTIVITY_RESTORED_DATA_LOST = 1101
+    CONNECTIVITY_RESTORED_DATA_MAINTAINED = 1102
+    MARKET_DATA_FARM_OK = 2104
+    HMDS_FARM_OK = 2106
+    TWS_SERVER_CONNECTIVITY_BROKEN = 2110
+    SEC_DEF_FARM_OK = 2158
+
+
+ERROR_TEXT: dict[ErrorCode, str] = {
+    ErrorCode.MAX_RATE_EXCEEDED: "Max rate of messages per second has been exceeded:max={limit} rec={received}",
+    ErrorCode.NO_SECURITY_DEFINITION: "No security definition has been found for the request",
+    ErrorCode.SERVER_ERROR_READING_REQUEST: "Error reading request. {detail}",
+    ErrorCode.SERVER_ERROR_VALIDATING_REQUEST: "Error validating request.-'{request}' : cause - {detail}",
+    ErrorCode.CLIENT_ID_IN_USE: "Unable to connect as the client id is already in use. Retry with a unique client id.",
+    ErrorCode.MARKET_DATA_NOT_SUBSCRIBED: "Requested market data is not subscribed.",
+    ErrorCode.CONNECTIVITY_LOST: "Connectivity between IB and Trader Workstation has been lost.",
+    ErrorCode.CONNECTIVITY_RESTORED_DATA_LOST: (
+        "Connectivity between IB and Trader Workstation has been restored - data lost."
+    ),
+    ErrorCode.CONNECTIVITY_RESTORED_DATA_MAINTAINED: (
+        "Connectivity between IB and Trader Workstation has been restored - data maintained."
+    ),
+    ErrorCode.MARKET_DATA_FARM_OK: "Market data farm connection is OK:usfarm",
+    ErrorCode.HMDS_FARM_OK: "HMDS data farm connection is OK:ushmds",
+    ErrorCode.TWS_SERVER_CONNECTIVITY_BROKEN: (
+        "Connectivity between Trader Workstation and server is broken. It will be restored automatically."
+    ),
+    ErrorCode.SEC_DEF_FARM_OK: "Sec-def data farm connection is OK:secdefil",
+}
+
+READ_ONLY_DETAIL = "The API interface is currently in Read-Only mode."
+
+
+def error_text(code: ErrorCode, **values: object) -> str:
+    return ERROR_TEXT[code].format(**values)
+
+
+def err_msg(server_version: int, req_id: int, code: int, text: str) -> list[Field]:
+    """ERR_MSG: version 2; advancedOrderRejectJson from server version 166 (no errorTime below 194)."""
+    fields: list[Field] = [Out.ERR_MSG, 2, req_id, code, text]
+    if server_version >= MIN_SERVER_VER_ADVANCED_ORDER_REJECT:
+        fields.append("")
+    return fields
+
+
+def next_valid_id(order_id: int) -> list[Field]:
+    return [Out.NEXT_VALID_ID, 1, order_id]
+
+
+def managed_accounts(accounts: list[str]) -> list[Field]:
+    return [Out.MANAGED_ACCTS, 1, ",".join(accounts)]
+
+
+def current_time(epoch_seconds: int) -> list[Field]:
+    return [Out.CURRENT_TIME, 1, epoch_seconds]
+
+
+def open_order_end() -> list[Field]:
+    return [Out.OPEN_ORDER_END, 1]
+
+
+def completed_orders_end() -> list[Field]:
+    """COMPLETED_ORDERS_END carries no version field."""
+    return [Out.COMPLETED_ORDERS_END]
+
+
+def execution_data_end(req_id: int) -> list[Field]:
+    return [Out.EXECUTION_DATA_END, 1, req_id]
+
+
+def position_end() -> list[Field]:
+    return [Out.POSITION_END, 1]
+
+
+def account_value(key: str, value: str, currency: str, account: str) -> list[Field]:
+    """ACCT_VALUE version 2 (account name present since version 2)."""
+    return [Out.ACCT_VALUE, 2, key, value, currency, account]
+
+
+def account_update_time(hh_mm: str) -> list[Field]:
+    return [Out.ACCT_UPDATE_TIME, 1, hh_mm]
+
+
+def account_download_end(account: str) -> list[Field]:
+    return [Out.ACCT_DOWNLOAD_END, 1, account]
+
+
+def account_update_multi(
+    req_id: int, account: str, model_code: str, key: str, value: str, currency: str
+) -> list[Field]:
+    return [Out.ACCOUNT_UPDATE_MULTI, 1, req_id, account, model_code, key, value, currency]
+
+
+def account_update_multi_end(req_id: int) -> list[Field]:
+    return [Out.ACCOUNT_UPDATE_MULTI_END, 1, req_id]
+
+
+def pnl_single(
+    req_id: int, position: float, daily_pnl: float, unrealized_pnl: float, realized_pnl: float, value: float
+) -> list[Field]:
+    """PNL_SINGLE has no version field; unrealized (118) and realized (119) PnL are present in 157+."""
+    return [Out.PNL_SINGLE, req_id, position, daily_pnl, unrealized_pnl, realized_pnl, value]
+
+
+def position_data(holding: Holding) -> list[Field]:
+    """POSITION_DATA version 3: account, the contract (exchange, no primary exchange), position, avgCost."""
+    c = holding.contract
+    return [
+        Out.POSITION_DATA, 3, holding.account,
+        c.conid, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier, c.exchange, c.currency,
+        c.local_symbol, c.trading_class,
+        holding.quantity, holding.average_cost,
+    ]  # fmt: skip
+
+
+def portfolio_value(holding: Holding, valuation: Valuation) -> list[Field]:
+    """PORTFOLIO_VALUE version 8: the contract (primary exchange, no exchange), then values, then the account."""
+    c = holding.contract
+    return [
+        Out.PORTFOLIO_VALUE, 8,
+        c.conid, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier, c.exchange, c.currency,
+        c.local_symbol, c.trading_class,
+        holding.quantity, valuation.market_price, valuation.market_value, holding.average_cost,
+        valuation.unrealized_pnl, valuation.realized_pnl, holding.account,
+    ]  # fmt: skip

@@ -1,0 +1,465 @@
+"""One client's conversation with the gateway, without I/O: bytes in through `receive_data`, frames out through
+`data_to_send`, and `close_reason` set when the connection must end.
+
+Phases: HANDSHAKE (`API\\0` + version range) -> START_API (startApi with the client id) -> READY (requests).
+Malformed input never raises out of here: it becomes a log line, an IB error message and, where IB would, a close.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum
+
+from . import messages as m
+from .framing import (
+    HANDSHAKE_PREFIX,
+    Field,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+    negotiate_version,
+    parse_handshake,
+    split_fields,
+)
+from .hub import Hub
+from .messages import ErrorCode, In
+from .state import Holding
+
+log = logging.getLogger(__name__)
+
+# Position of the request id in requests that carry one (after the message id and, for most, a version field).
+_REQ_ID_INDEX: dict[int, int] = {
+    In.REQ_MKT_DATA: 2, In.CANCEL_MKT_DATA: 2, In.REQ_CONTRACT_DATA: 2, In.REQ_MKT_DEPTH: 2,
+    In.REQ_HISTORICAL_DATA: 1, In.REQ_REAL_TIME_BARS: 2, In.REQ_ACCOUNT_SUMMARY: 2, In.REQ_POSITIONS_MULTI: 2,
+    In.REQ_HISTOGRAM_DATA: 1, In.REQ_PNL: 1, In.REQ_HISTORICAL_TICKS: 1, In.REQ_TICK_BY_TICK_DATA: 1,
+    In.REQ_EXECUTIONS: 2, In.REQ_ACCOUNT_UPDATES_MULTI: 2, In.REQ_PNL_SINGLE: 1,
+    In.PLACE_ORDER: 1, In.CANCEL_ORDER: 2,
+}  # fmt: skip
+
+
+class Phase(Enum):
+    HANDSHAKE = "handshake"
+    START_API = "start_api"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class RequestError(Exception):
+    """A field of a request could not be read: IB answers 320 and keeps the connection."""
+
+    code = ErrorCode.SERVER_ERROR_READING_REQUEST
+
+
+class InvalidRequest(RequestError):
+    """A request was read but names something the gateway does not have: IB answers 321."""
+
+    code = ErrorCode.SERVER_ERROR_VALIDATING_REQUEST
+
+
+class Session:
+    """The protocol state of one connection."""
+
+    def __init__(self, hub: Hub, connection: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.hub = hub
+        self.connection = connection
+        self.phase = Phase.HANDSHAKE
+        self.server_version = 0
+        self.client_id: int | None = None
+        self.close_reason: str | None = None
+        self.on_output: Callable[[], None] = lambda: None
+        self.messages_sent = 0
+        self.positions_subscribed = False
+        self.pnl_subscriptions: dict[int, tuple[str, int]] = {}
+        self.multi_subscriptions: dict[int, str] = {}
+        self._clock = clock
+        self._handshake = bytearray()
+        self._decoder = FrameDecoder()
+        self._out: list[bytes] = []
+        self._withheld: list[list[Field]] = []
+        self._recent: deque[float] = deque()
+        self._handlers: dict[int, Callable[[list[str]], None]] = {
+            In.REQ_POSITIONS: self._req_positions,
+            In.CANCEL_POSITIONS: self._cancel_positions,
+            In.REQ_ACCT_DATA: self._req_account_updates,
+            In.REQ_ACCOUNT_UPDATES_MULTI: self._req_account_updates_multi,
+            In.CANCEL_ACCOUNT_UPDATES_MULTI: self._cancel_account_updates_multi,
+            In.REQ_PNL_SINGLE: self._req_pnl_single,
+            In.CANCEL_PNL_SINGLE: self._cancel_pnl_single,
+            In.REQ_EXECUTIONS: self._req_executions,
+            In.REQ_OPEN_ORDERS: self._req_open_orders,
+            In.REQ_ALL_OPEN_ORDERS: self._req_open_orders,
+            In.REQ_AUTO_OPEN_ORDERS: self._req_auto_open_orders,
+            In.REQ_COMPLETED_ORDERS: self._req_completed_orders,
+            In.REQ_CURRENT_TIME: self._req_current_time,
+            In.REQ_IDS: self._req_ids,
+            In.REQ_MANAGED_ACCTS: self._req_managed_accounts,
+            In.REQ_MARKET_DATA_TYPE: lambda fields: None,  # a setting only; nothing to answer
+            In.PLACE_ORDER: self._refuse_order,
+            In.CANCEL_ORDER: self._refuse_order,
+        }
+
+    # --- the sans-I/O surface ----------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Consume bytes from the client; replies accumulate for `data_to_send`."""
+        if self.phase is Phase.CLOSED:
+            return
+        try:
+            if self.phase is Phase.HANDSHAKE:
+                data = self._receive_handshake(data)
+                if self.phase is Phase.HANDSHAKE or not data:
+                    return
+            for payload in self._decoder.feed(data):
+                if self.phase is Phase.CLOSED:
+                    return
+                self._receive_frame(split_fields(payload))
+        except ProtocolError as exc:
+            log.warning("connection %d (client %s): %s; closing", self.connection, self.client_id, exc)
+            self.close(f"protocol error: {exc}")
+
+    def receive_eof(self) -> None:
+        if self.phase is not Phase.CLOSED and (self._decoder.pending_bytes or self._handshake):
+            log.warning("connection %d: closed by the client in the middle of a frame", self.connection)
+        self.close("closed by the client")
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def close(self, reason: str) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        self.close_reason = reason
+        self.hub.unregister(self)
+
+    # --- pushes from the hub -------------------------------------------------------------------------------
+
+    def push_holding(self, holding: Holding) -> None:
+        """A position changed: tell a positions subscriber, and the account-updates subscriber of its account."""
+        if self.phase is not Phase.READY or self.hub.faults.offline:
+            return
+        if self.positions_subscribed:
+            self._send(m.position_data(holding))
+        if self.hub.account_updates_account(self) == holding.account:
+            self._send(m.portfolio_value(holding, self.hub.state.valuation(holding)))
+            self._send(m.account_update_time(_hh_mm()))
+        self._send_pnl_for(holding)
+        self.on_output()
+
+    def push_refresh(self, portfolio: bool, pnl: bool) -> None:
+        """Periodic updates: the portfolio of the subscribed account, and every PnL subscription."""
+        if self.phase is not Phase.READY or self.hub.faults.offline:
+            return
+        account = self.hub.account_updates_account(self) if portfolio else None
+        if account is not None:
+            self._send_account_download(account, end=False)
+        for req_id in list(self.pnl_subscriptions) if pnl else []:
+            self._send_pnl(req_id)
+        self.on_output()
+
+    def push_error(self, code: int, text: str) -> None:
+        if self.phase is Phase.READY:
+            self._send(m.err_msg(self.server_version, m.NO_REQ_ID, code, text))
+            self.on_output()
+
+    def release_withheld(self, deliver: bool) -> None:
+        """Connectivity is back: send the replies held since 1100 (1102), or drop them (1101, data lost)."""
+        withheld, self._withheld = self._withheld, []
+        if deliver and self.phase is Phase.READY:
+            for fields in withheld:
+                self._send(fields)
+            self.on_output()
+
+    # --- phases ----------------------------------------------------------------------------------------------
+
+    def _receive_handshake(self, data: bytes) -> bytes:
+        """Returns the bytes left over once the handshake is complete."""
+        self._handshake += data
+        if len(self._handshake) < len(HANDSHAKE_PREFIX):
+            if not HANDSHAKE_PREFIX.startswith(bytes(self._handshake)):
+                raise ProtocolError(f"bad handshake: expected 'API\\0', got {bytes(self._handshake)!r}")
+            return b""
+        if not self._handshake.startswith(HANDSHAKE_PREFIX):
+            raise ProtocolError(f"bad handshake: expected 'API\\0', got {bytes(self._handshake[:8])!r}")
+        frames = FrameDecoder(max_frame_bytes=1024).feed(bytes(self._handshake[len(HANDSHAKE_PREFIX) :]))
+        if not frames:
+            return b""
+        payload = frames[0]
+        consumed = len(HANDSHAKE_PREFIX) + 4 + len(payload)
+        rest = bytes(self._handshake[consumed:])
+        self._handshake.clear()
+        offer = parse_handshake(payload)
+        version = negotiate_version(offer, m.MIN_SERVER_VERSION, m.MAX_SERVER_VERSION)
+        if version is None:
+            log.warning(
+                "connection %d: client versions %d..%d are outside the supported %d..%d; closing",
+                self.connection, offer.min_version, offer.max_version, m.MIN_SERVER_VERSION, m.MAX_SERVER_VERSION,
+            )  # fmt: skip
+            self.close("unsupported client version range")
+            return b""
+        self.server_version = version
+        self.phase = Phase.START_API
+        connection_time = datetime.now(UTC).strftime("%Y%m%d %H:%M:%S UTC")
+        self._send([version, connection_time])
+        log.info("connection %d: server version %d negotiated (client offered %s)", self.connection, version, offer)
+        return rest
+
+    def _receive_frame(self, fields: list[str]) -> None:
+        if not fields:
+            raise ProtocolError("empty frame")
+        if self.phase is Phase.START_API:
+            self._start_api(fields)
+            return
+        try:
+            msg_id = int(fields[0])
+        except ValueError:
+            msg_id = -1
+        name = In(msg_id).name if msg_id in In._value2member_map_ else f"UNKNOWN_{fields[0][:20]}"
+        self.hub.record(self, msg_id, name, fields)
+        if self._over_pacing_limit():
+            return
+        handler = self._handlers.get(msg_id)
+        try:
+            if handler is not None:
+                handler(fields)
+            elif msg_id in m.MARKET_DATA_REQUESTS:
+                self._reply_error(
+                    self._req_id(fields, msg_id), ErrorCode.MARKET_DATA_NOT_SUBSCRIBED,
+                    m.error_text(ErrorCode.MARKET_DATA_NOT_SUBSCRIBED),
+                )  # fmt: skip
+            elif msg_id in In._value2member_map_:
+                detail = f"{name} is not supported by the simulated gateway"
+                self._reply_error(
+                    self._req_id(fields, msg_id), ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                    m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST, request=name, detail=detail),
+                )  # fmt: skip
+            else:
+                log.warning("connection %d (client %s): unknown message id %r; closing",
+                            self.connection, self.client_id, fields[0][:20])  # fmt: skip
+                self._send_error(
+                    m.NO_REQ_ID, ErrorCode.SERVER_ERROR_READING_REQUEST,
+                    m.error_text(ErrorCode.SERVER_ERROR_READING_REQUEST, detail=f"Unknown message id {fields[0][:20]}"),
+                )  # fmt: skip
+                self.close("unknown message id")
+        except RequestError as exc:
+            log.warning("connection %d (client %s): %s: %s", self.connection, self.client_id, name, exc)
+            text = (
+                m.error_text(exc.code, request=name, detail=str(exc))
+                if exc.code is ErrorCode.SERVER_ERROR_VALIDATING_REQUEST
+                else m.error_text(exc.code, detail=f"{name}: {exc}")
+            )
+            self._send_error(self._req_id(fields, msg_id), exc.code, text)
+
+    def _start_api(self, fields: list[str]) -> None:
+        if fields[0] != str(int(In.START_API)) or len(fields) < 3:
+            raise ProtocolError(f"expected startApi (71) after the handshake, got {fields[:3]}")
+        try:
+            client_id = int(fields[2])
+        except ValueError as exc:
+            raise ProtocolError(f"startApi client id is not an integer: {fields[2]!r}") from exc
+        self.client_id = client_id
+        if self.hub.client_id_taken(client_id):
+            log.warning("connection %d: client id %d is already in use; refusing", self.connection, client_id)
+            self._send_error(m.NO_REQ_ID, ErrorCode.CLIENT_ID_IN_USE, m.error_text(ErrorCode.CLIENT_ID_IN_USE))
+            self.client_id = None
+            self.close(f"client id {client_id} already in use")
+            return
+        self.hub.register(self)
+        self.phase = Phase.READY
+        self._send(m.managed_accounts(self.hub.state.accounts))
+        self._send(m.next_valid_id(self.hub.next_order_id))
+        for code in (ErrorCode.MARKET_DATA_FARM_OK, ErrorCode.HMDS_FARM_OK, ErrorCode.SEC_DEF_FARM_OK):
+            self._send_error(m.NO_REQ_ID, code, m.error_text(code))
+        log.info("connection %d: client %d started the API", self.connection, client_id)
+
+    # --- request handlers ------------------------------------------------------------------------------------
+
+    def _req_positions(self, fields: list[str]) -> None:
+        self.positions_subscribed = True
+        holdings = list(self.hub.state.positions())
+        if self.hub.faults.drop_mid_positions:
+            for holding in holdings[: len(holdings) // 2]:
+                self._reply(m.position_data(holding))
+            log.warning("connection %d: fault: dropping the connection mid position stream", self.connection)
+            self.close("fault: dropped mid position stream")
+            return
+        for holding in holdings:
+            self._reply(m.position_data(holding))
+        if not self.hub.faults.suppress_position_end:
+            self._reply(m.position_end())
+
+    def _cancel_positions(self, fields: list[str]) -> None:
+        self.positions_subscribed = False
+
+    def _req_account_updates(self, fields: list[str]) -> None:
+        subscribe = _bool(fields, 2, "subscribe")
+        account = self._account(fields, 3, allow_empty_single=True)
+        if not subscribe:
+            self.hub.unsubscribe_account_updates(self)
+            return
+        self.hub.subscribe_account_updates(self, account)
+        self._send_account_download(account, end=True)
+
+    def _send_account_download(self, account: str, end: bool) -> None:
+        state = self.hub.state
+        for key, value, currency in state.account_values(account):
+            self._reply(m.account_value(key, value, currency, account))
+        for holding in state.positions(account):
+            self._reply(m.portfolio_value(holding, state.valuation(holding)))
+        self._reply(m.account_update_time(_hh_mm()))
+        if end and not self.hub.faults.suppress_account_download_end:
+            self._reply(m.account_download_end(account))
+
+    def _req_account_updates_multi(self, fields: list[str]) -> None:
+        req_id = _int(fields, 2, "reqId")
+        account = self._account(fields, 3)
+        model_code = fields[4] if len(fields) > 4 else ""
+        self.multi_subscriptions[req_id] = account
+        for key, value, currency in self.hub.state.account_values(account):
+            self._reply(m.account_update_multi(req_id, account, model_code, key, value, currency))
+        self._reply(m.account_update_multi_end(req_id))
+
+    def _cancel_account_updates_multi(self, fields: list[str]) -> None:
+        self.multi_subscriptions.pop(_int(fields, 2, "reqId"), None)
+
+    def _req_pnl_single(self, fields: list[str]) -> None:
+        req_id = _int(fields, 1, "reqId")
+        account = self._account(fields, 2)
+        conid = _int(fields, 4, "conId")
+        self.pnl_subscriptions[req_id] = (account, conid)
+        self._send_pnl(req_id)
+
+    def _cancel_pnl_single(self, fields: list[str]) -> None:
+        self.pnl_subscriptions.pop(_int(fields, 1, "reqId"), None)
+
+    def _send_pnl(self, req_id: int) -> None:
+        account, conid = self.pnl_subscriptions[req_id]
+        holding = self.hub.state.holding(account, conid)
+        if holding is None:
+            self._reply(m.pnl_single(req_id, 0, 0.0, 0.0, 0.0, 0.0))
+            return
+        value = self.hub.state.valuation(holding)
+        self._reply(m.pnl_single(req_id, holding.quantity, 0.0, value.unrealized_pnl, value.realized_pnl,
+                                 value.market_value))  # fmt: skip
+
+    def _send_pnl_for(self, holding: Holding) -> None:
+        for req_id, key in self.pnl_subscriptions.items():
+            if key == (holding.account, holding.contract.conid):
+                self._send_pnl(req_id)
+
+    def _req_executions(self, fields: list[str]) -> None:
+        self._reply(m.execution_data_end(_int(fields, 2, "reqId")))
+
+    def _req_open_orders(self, fields: list[str]) -> None:
+        self._reply(m.open_order_end())
+
+    def _req_auto_open_orders(self, fields: list[str]) -> None:
+        if self.client_id != 0:
+            detail = "auto binding of orders is only allowed for client id 0"
+            self._reply_error(m.NO_REQ_ID, ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                              m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                                           request="reqAutoOpenOrders", detail=detail))  # fmt: skip
+
+    def _req_completed_orders(self, fields: list[str]) -> None:
+        self._reply(m.completed_orders_end())
+
+    def _req_current_time(self, fields: list[str]) -> None:
+        self._reply(m.current_time(int(time.time())))
+
+    def _req_ids(self, fields: list[str]) -> None:
+        self._reply(m.next_valid_id(self.hub.next_order_id))
+
+    def _req_managed_accounts(self, fields: list[str]) -> None:
+        self._reply(m.managed_accounts(self.hub.state.accounts))
+
+    def _refuse_order(self, fields: list[str]) -> None:
+        msg_id = int(fields[0])
+        order_id = self._req_id(fields, msg_id)
+        log.warning("connection %d (client %s): order request %s refused: read-only API",
+                    self.connection, self.client_id, In(msg_id).name)  # fmt: skip
+        self._send_error(order_id, ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                         m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                                      request=f"bW{order_id}", detail=m.READ_ONLY_DETAIL))  # fmt: skip
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def _account(self, fields: list[str], index: int, allow_empty_single: bool = False) -> str:
+        accounts = self.hub.state.accounts
+        account = fields[index] if len(fields) > index else ""
+        if not account and allow_empty_single and len(accounts) == 1:
+            return accounts[0]
+        if account not in accounts:
+            raise InvalidRequest(f"account {account!r} is not managed by this gateway ({','.join(accounts)})")
+        return account
+
+    def _req_id(self, fields: list[str], msg_id: int, default: int = m.NO_REQ_ID) -> int:
+        index = _REQ_ID_INDEX.get(msg_id)
+        if index is None or len(fields) <= index:
+            return default
+        try:
+            return int(fields[index])
+        except ValueError:
+            return default
+
+    def _over_pacing_limit(self) -> bool:
+        now = self._clock()
+        recent = self._recent
+        recent.append(now)
+        while recent and now - recent[0] >= 1.0:
+            recent.popleft()
+        limit = self.hub.faults.pacing_limit
+        if len(recent) > limit:
+            self._send_error(m.NO_REQ_ID, ErrorCode.MAX_RATE_EXCEEDED,
+                             m.error_text(ErrorCode.MAX_RATE_EXCEEDED, limit=limit, received=len(recent)))  # fmt: skip
+            return True
+        return False
+
+    def _reply(self, fields: list[Field]) -> None:
+        """A reply to a request: held back while the gateway has lost connectivity to IB (after 1100)."""
+        if self.hub.faults.offline:
+            self._withheld.append(fields)
+        else:
+            self._send(fields)
+
+    def _reply_error(self, req_id: int, code: int, text: str) -> None:
+        self._reply(m.err_msg(self.server_version, req_id, code, text))
+
+    def _send_error(self, req_id: int, code: int, text: str) -> None:
+        self._send(m.err_msg(self.server_version, req_id, code, text))
+
+    def _send(self, fields: list[Field]) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        limit = self.hub.faults.drop_after_messages
+        if limit is not None and self.messages_sent >= limit:
+            log.warning("connection %d: fault: dropping the connection after %d messages", self.connection, limit)
+            self.close(f"fault: dropped after {limit} messages")
+            return
+        self._out.append(encode_frame(fields))
+        self.messages_sent += 1
+
+
+def _int(fields: list[str], index: int, name: str) -> int:
+    if len(fields) <= index:
+        raise RequestError(f"field {name} (#{index}) is missing")
+    try:
+        return int(fields[index])
+    except ValueError as exc:
+        raise RequestError(f"field {name} (#{index}) is not an integer: {fields[index][:20]!r}") from exc
+
+
+def _bool(fields: list[str], index: int, name: str) -> bool:
+    value = _int(fields, index, name)
+    if value not in (0, 1):
+        raise RequestError(f"field {name} (#{index}) is not a boolean: {value}")
+    return bool(value)
+
+
+def _hh_mm() -> str:
+    """ACCT_UPDATE_TIME carries only hours and minutes; the simulator's clock is UTC."""
+    return datetime.now(UTC).strftime("%H:%M")
