@@ -8,6 +8,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from .faults import Faults
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from .session import Session
 
 log = logging.getLogger(__name__)
+
+
+class SubscribeOutcome(Enum):
+    SUBSCRIBED = "subscribed"
+    SWITCHED = "switched"  # the client's earlier account subscription was replaced (IB warns with 2100)
+    REFUSED = "refused"  # another client holds a different account (IB refuses with 2101)
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,9 @@ class Hub:
     next_order_id: int = 1
     sessions: dict[int, Session] = field(default_factory=dict)  # by client id, once the API started
     requests: list[RequestRecord] = field(default_factory=list)
-    # IB serves account updates for one account at a time across all clients: (session, account) or None.
-    account_updates: tuple[Session, str] | None = None
+    # IB serves account updates for one account at a time across all clients: that account and its subscribers.
+    account_updates: str | None = None
+    account_subscribers: list[Session] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.state.subscribe(self._on_holding_changed)
@@ -67,29 +75,34 @@ class Hub:
     def unregister(self, session: Session) -> None:
         if session.client_id is not None and self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-        if self.account_updates and self.account_updates[0] is session:
-            self.account_updates = None
+        self.unsubscribe_account_updates(session)
 
     # --- account updates -------------------------------------------------------------------------------------
 
-    def subscribe_account_updates(self, session: Session, account: str) -> None:
-        """A new subscription replaces the one before it, whoever made it (IB's reqAccountUpdates rule)."""
-        previous = self.account_updates
-        if previous and previous[0] is not session:
+    def subscribe_account_updates(self, session: Session, account: str) -> SubscribeOutcome:
+        """IB's rule: one account at a time across all clients. The sole subscriber may switch accounts (IB warns
+        with 2100); another client asking for a different account is refused (2101); the same account is shared."""
+        others = [s for s in self.account_subscribers if s is not session]
+        if self.account_updates not in (None, account) and others:
             log.warning(
-                "account updates for %s (client %s) cancelled in favour of %s (client %s)",
-                previous[1], previous[0].client_id, account, session.client_id,
+                "client %s refused account updates for %s: clients %s are subscribed to %s",
+                session.client_id, account, [s.client_id for s in others], self.account_updates,
             )  # fmt: skip
-        self.account_updates = (session, account)
+            return SubscribeOutcome.REFUSED
+        switched = self.account_updates not in (None, account) and session in self.account_subscribers
+        self.account_updates = account
+        if session not in self.account_subscribers:
+            self.account_subscribers.append(session)
+        return SubscribeOutcome.SWITCHED if switched else SubscribeOutcome.SUBSCRIBED
 
     def unsubscribe_account_updates(self, session: Session) -> None:
-        if self.account_updates and self.account_updates[0] is session:
+        if session in self.account_subscribers:
+            self.account_subscribers.remove(session)
+        if not self.account_subscribers:
             self.account_updates = None
 
     def account_updates_account(self, session: Session) -> str | None:
-        if self.account_updates and self.account_updates[0] is session:
-            return self.account_updates[1]
-        return None
+        return self.account_updates if session in self.account_subscribers else None
 
     # --- pushes ----------------------------------------------------------------------------------------------
 

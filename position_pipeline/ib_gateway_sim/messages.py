@@ -41,6 +41,7 @@ class In(IntEnum):
     REQ_MARKET_DATA_TYPE = 59
     REQ_POSITIONS = 61
     REQ_ACCOUNT_SUMMARY = 62
+    CANCEL_ACCOUNT_SUMMARY = 63
     CANCEL_POSITIONS = 64
     START_API = 71
     REQ_POSITIONS_MULTI = 74
@@ -75,6 +76,8 @@ class Out(IntEnum):
     EXECUTION_DATA_END = 55
     POSITION_DATA = 61
     POSITION_END = 62
+    ACCOUNT_SUMMARY = 63
+    ACCOUNT_SUMMARY_END = 64
     ACCOUNT_UPDATE_MULTI = 73
     ACCOUNT_UPDATE_MULTI_END = 74
     PNL_SINGLE = 95
@@ -93,6 +96,8 @@ class ErrorCode(IntEnum):
     CONNECTIVITY_LOST = 1100
     CONNECTIVITY_RESTORED_DATA_LOST = 1101
     CONNECTIVITY_RESTORED_DATA_MAINTAINED = 1102
+    ACCOUNT_UPDATES_SWITCHED = 2100
+    ACCOUNT_UPDATES_REFUSED = 2101
     MARKET_DATA_FARM_OK = 2104
     HMDS_FARM_OK = 2106
     TWS_SERVER_CONNECTIVITY_BROKEN = 2110
@@ -112,6 +117,12 @@ ERROR_TEXT: dict[ErrorCode, str] = {
     ),
     ErrorCode.CONNECTIVITY_RESTORED_DATA_MAINTAINED: (
         "Connectivity between IB and Trader Workstation has been restored - data maintained."
+    ),
+    ErrorCode.ACCOUNT_UPDATES_SWITCHED: (
+        "New account data requested from TWS. API client has been unsubscribed from account data."
+    ),
+    ErrorCode.ACCOUNT_UPDATES_REFUSED: (
+        "Unable to subscribe to account as the following clients are subscribed to a different account."
     ),
     ErrorCode.MARKET_DATA_FARM_OK: "Market data farm connection is OK:usfarm",
     ErrorCode.HMDS_FARM_OK: "HMDS data farm connection is OK:ushmds",
@@ -176,6 +187,14 @@ def account_update_time(hh_mm: str) -> list[Field]:
 
 def account_download_end(account: str) -> list[Field]:
     return [Out.ACCT_DOWNLOAD_END, 1, account]
+
+
+def account_summary(req_id: int, account: str, tag: str, value: str, currency: str) -> list[Field]:
+    return [Out.ACCOUNT_SUMMARY, 1, req_id, account, tag, value, currency]
+
+
+def account_summary_end(req_id: int) -> list[Field]:
+    return [Out.ACCOUNT_SUMMARY_END, 1, req_id]
 
 
 def account_update_multi(

@@ -25,7 +25,7 @@ from .framing import (
     parse_handshake,
     split_fields,
 )
-from .hub import Hub
+from .hub import Hub, SubscribeOutcome
 from .messages import ErrorCode, In
 from .state import Holding
 
@@ -87,6 +87,8 @@ class Session:
             In.REQ_ACCT_DATA: self._req_account_updates,
             In.REQ_ACCOUNT_UPDATES_MULTI: self._req_account_updates_multi,
             In.CANCEL_ACCOUNT_UPDATES_MULTI: self._cancel_account_updates_multi,
+            In.REQ_ACCOUNT_SUMMARY: self._req_account_summary,
+            In.CANCEL_ACCOUNT_SUMMARY: lambda fields: None,  # the summary is sent once; nothing to stop
             In.REQ_PNL_SINGLE: self._req_pnl_single,
             In.CANCEL_PNL_SINGLE: self._cancel_pnl_single,
             In.REQ_EXECUTIONS: self._req_executions,
@@ -263,6 +265,7 @@ class Session:
         except ValueError as exc:
             raise ProtocolError(f"startApi client id is not an integer: {fields[2]!r}") from exc
         self.client_id = client_id
+        self.hub.record(self, In.START_API, In.START_API.name, fields)
         if self.hub.client_id_taken(client_id):
             log.warning("connection %d: client id %d is already in use; refusing", self.connection, client_id)
             self._send_error(m.NO_REQ_ID, ErrorCode.CLIENT_ID_IN_USE, m.error_text(ErrorCode.CLIENT_ID_IN_USE))
@@ -302,7 +305,16 @@ class Session:
         if not subscribe:
             self.hub.unsubscribe_account_updates(self)
             return
-        self.hub.subscribe_account_updates(self, account)
+        outcome = self.hub.subscribe_account_updates(self, account)
+        if outcome is SubscribeOutcome.REFUSED:
+            self._reply_error(
+                m.NO_REQ_ID, ErrorCode.ACCOUNT_UPDATES_REFUSED, m.error_text(ErrorCode.ACCOUNT_UPDATES_REFUSED)
+            )
+            return
+        if outcome is SubscribeOutcome.SWITCHED:
+            self._reply_error(
+                m.NO_REQ_ID, ErrorCode.ACCOUNT_UPDATES_SWITCHED, m.error_text(ErrorCode.ACCOUNT_UPDATES_SWITCHED)
+            )
         self._send_account_download(account, end=True)
 
     def _send_account_download(self, account: str, end: bool) -> None:
@@ -326,6 +338,17 @@ class Session:
 
     def _cancel_account_updates_multi(self, fields: list[str]) -> None:
         self.multi_subscriptions.pop(_int(fields, 2, "reqId"), None)
+
+    def _req_account_summary(self, fields: list[str]) -> None:
+        """reqAccountSummary [62, 1, reqId, group, tags]: the requested tags of every account (ib_async sends it
+        by itself after error 1102)."""
+        req_id = _int(fields, 2, "reqId")
+        tags = {t for t in (fields[4] if len(fields) > 4 else "").split(",") if t}
+        for account in self.hub.state.accounts:
+            for key, value, currency in self.hub.state.account_values(account):
+                if not tags or key in tags:
+                    self._reply(m.account_summary(req_id, account, key, value, currency))
+        self._reply(m.account_summary_end(req_id))
 
     def _req_pnl_single(self, fields: list[str]) -> None:
         req_id = _int(fields, 1, "reqId")

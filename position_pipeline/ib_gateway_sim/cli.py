@@ -1,0 +1,166 @@
+"""Command line of the simulated gateway.
+
+Run as `position-pipeline simulate` or `python -m position_pipeline.ib_gateway_sim`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from .faults import DEFAULT_PACING_LIMIT, Faults
+from .messages import MAX_SERVER_VERSION, MIN_SERVER_VERSION
+from .server import DEFAULT_HOST, SimulatedGateway
+from .state import GatewayState, state_summary
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `simulate`; shared by the package's own entry point and position-pipeline's CLI."""
+    where = parser.add_argument_group("where it listens")
+    where.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: %(default)s, loopback only)")
+    where.add_argument("--port", type=int, default=4002, help="TCP port; 0 picks a free one (default: %(default)s)")
+
+    what = parser.add_argument_group("what it holds")
+    what.add_argument("--positions", type=int, default=50, help="positions to generate (default: %(default)s)")
+    what.add_argument(
+        "--accounts", type=int, default=3, help="paper accounts to spread them over (default: %(default)s)"
+    )
+    what.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same state")
+    what.add_argument("--state", metavar="FILE", help="load accounts and positions from this JSON file instead")
+    what.add_argument("--state-out", metavar="FILE", help="write the state (accounts, every position) as JSON at start")
+    what.add_argument(
+        "--price-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between price moves; 0 freezes prices (default: %(default)s)",
+    )
+    what.add_argument(
+        "--portfolio-refresh",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="seconds between portfolio pushes to the account-updates subscriber"
+        ", like IB's ~3 min (default: %(default)s)",
+    )
+
+    faults = parser.add_argument_group("faults to inject from the start")
+    faults.add_argument("--down-for", type=float, default=0.0, metavar="SECONDS", help="refuse connections this long")
+    faults.add_argument("--drop-after", type=int, metavar="N", help="close each connection after sending N messages")
+    faults.add_argument(
+        "--drop-mid-positions", action="store_true", help="close the connection half-way through position streams"
+    )
+    faults.add_argument("--reply-delay", type=float, default=0.0, metavar="SECONDS", help="delay every reply")
+    faults.add_argument("--no-position-end", action="store_true", help="never send positionEnd")
+    faults.add_argument("--no-account-download-end", action="store_true", help="never send accountDownloadEnd")
+    faults.add_argument(
+        "--pacing-limit",
+        type=int,
+        default=DEFAULT_PACING_LIMIT,
+        metavar="N",
+        help="messages per second per client before error 100 (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--lock-client-id",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="refuse this client id with error 326 as if in use (repeatable)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
+    """Validate the flags and build the gateway they describe; bad values raise SystemExit with a message."""
+    if not 0 <= args.port <= 65535:
+        raise SystemExit(f"simulate: --port {args.port} is not a TCP port (0-65535)")
+    if args.positions < 0 or args.accounts < 1:
+        raise SystemExit("simulate: --positions must be >= 0 and --accounts >= 1")
+    for name in ("down_for", "reply_delay", "price_interval", "portfolio_refresh"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"simulate: --{name.replace('_', '-')} must be >= 0")
+    if args.pacing_limit < 1:
+        raise SystemExit("simulate: --pacing-limit must be >= 1")
+    if args.state:
+        try:
+            state = GatewayState.load(args.state)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"simulate: cannot load --state {args.state}: {exc}") from exc
+    else:
+        state = GatewayState.generate(positions=args.positions, accounts=args.accounts, seed=args.seed)
+    faults = Faults(
+        drop_after_messages=args.drop_after,
+        drop_mid_positions=args.drop_mid_positions,
+        reply_delay=args.reply_delay,
+        suppress_position_end=args.no_position_end,
+        suppress_account_download_end=args.no_account_download_end,
+        pacing_limit=args.pacing_limit,
+        locked_client_ids=set(args.lock_client_id),
+    )
+    return SimulatedGateway(
+        state,
+        host=args.host,
+        port=args.port,
+        faults=faults,
+        price_interval=args.price_interval or None,
+        portfolio_refresh=args.portfolio_refresh,
+    )
+
+
+async def serve(gateway: SimulatedGateway, args: argparse.Namespace) -> None:
+    """Run until SIGINT or SIGTERM, then close every connection and the listening socket."""
+    try:
+        await gateway.start()
+    except OSError as exc:
+        raise SystemExit(f"simulate: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(gateway.close()))
+    if args.state_out:
+        gateway.state.save(args.state_out)
+    if args.down_for:
+        gateway.go_down(args.down_for, drop_existing=False)
+    counts = ", ".join(f"{n} {kind}" for kind, n in state_summary(gateway.state).items())
+    print(
+        f"Simulated IB Gateway listening on {gateway.host}:{gateway.port} "
+        f"(server versions {MIN_SERVER_VERSION}-{MAX_SERVER_VERSION}; accounts {','.join(gateway.state.accounts)}; "
+        f"{len(gateway.state.holdings)} positions: {counts})",
+        flush=True,
+    )
+    if args.state_out:
+        print(f"State written to {args.state_out}", flush=True)
+    if args.down_for:
+        print(f"Refusing connections for the first {args.down_for:g} s", flush=True)
+    if gateway.faults.describe():
+        print(f"Faults: {gateway.faults.describe()}", flush=True)
+    await gateway.serve_forever()
+    print("Simulated IB Gateway stopped", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gateway = build_gateway(args)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(gateway, args))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m position_pipeline.ib_gateway_sim",
+        description="A simulated IB Gateway speaking the TWS API socket protocol on loopback.",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
