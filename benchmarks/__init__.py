@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print numbers (speed targets live here, never in the test suite)."""
