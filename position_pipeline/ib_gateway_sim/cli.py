@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--down-for", type=float, default=0.0, metavar="SECONDS", help="refuse connections this long")
     faults.add_argument("--drop-after", type=int, metavar="N", help="close each connection after sending N messages")
     faults.add_argument(
-        "--drop-mid-positions", action="store_true", help="close the connection half-way through position streams"
+        "--drop-mid-positions",
+        action="store_true",
+        help="close the connection half-way through the first position stream",
     )
     faults.add_argument("--reply-delay", type=float, default=0.0, metavar="SECONDS", help="delay every reply")
     faults.add_argument("--no-position-end", action="store_true", help="never send positionEnd")

@@ -15,9 +15,9 @@ class Faults:
 
     # Connections are refused (listening socket closed) until this loop time; None: accepting.
     down_until: float | None = None
-    # Close each connection after it has been sent this many messages (handshake reply included).
+    # Close each connection as soon as it has been sent this many messages (handshake reply included).
     drop_after_messages: int | None = None
-    # Close the connection half-way through the next position stream (reqPositions reply).
+    # Close the connection half-way through the next position stream (reqPositions reply); clears itself.
     drop_mid_positions: bool = False
     # Seconds to wait before sending each batch of replies.
     reply_delay: float = 0.0

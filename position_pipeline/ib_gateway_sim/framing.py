@@ -24,7 +24,7 @@ class ProtocolError(Exception):
 
 
 def format_field(value: Field) -> str:
-    """Render one field the way IB's encoders do: bools as 1/0, None as empty, floats without exponent noise."""
+    """Render one field the way IB's encoders do: bools as 1/0, None as empty, integral floats as ints."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -32,6 +32,8 @@ def format_field(value: Field) -> str:
     if isinstance(value, float):
         if value != value:  # NaN has no wire form; IB sends an empty field for "unset"
             return ""
+        if value in (float("inf"), float("-inf")):
+            return "Infinite" if value > 0 else "-Infinite"  # IB's encoder spells infinity this way
         return repr(value) if value != int(value) or abs(value) >= 1e16 else str(int(value))
     return str(value)
 

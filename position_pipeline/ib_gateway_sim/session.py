@@ -234,6 +234,8 @@ class Session:
                     self._req_id(fields, msg_id), ErrorCode.MARKET_DATA_NOT_SUBSCRIBED,
                     m.error_text(ErrorCode.MARKET_DATA_NOT_SUBSCRIBED),
                 )  # fmt: skip
+            elif msg_id in In._value2member_map_ and In(msg_id).is_cancel:
+                pass  # nothing was subscribed here, and IB never answers a cancel
             elif msg_id in In._value2member_map_:
                 detail = f"{name} is not supported by the simulated gateway"
                 self._reply_error(
@@ -286,6 +288,7 @@ class Session:
         self.positions_subscribed = True
         holdings = list(self.hub.state.positions())
         if self.hub.faults.drop_mid_positions:
+            self.hub.faults.drop_mid_positions = False  # one stream only, so the client's retry can succeed
             for holding in holdings[: len(holdings) // 2]:
                 self._reply(m.position_data(holding))
             log.warning("connection %d: fault: dropping the connection mid position stream", self.connection)
@@ -300,11 +303,10 @@ class Session:
         self.positions_subscribed = False
 
     def _req_account_updates(self, fields: list[str]) -> None:
-        subscribe = _bool(fields, 2, "subscribe")
-        account = self._account(fields, 3, allow_empty_single=True)
-        if not subscribe:
-            self.hub.unsubscribe_account_updates(self)
+        if not _bool(fields, 2, "subscribe"):
+            self.hub.unsubscribe_account_updates(self)  # whatever the account field says
             return
+        account = self._account(fields, 3, allow_empty_single=True)
         outcome = self.hub.subscribe_account_updates(self, account)
         if outcome is SubscribeOutcome.REFUSED:
             self._reply_error(
@@ -458,13 +460,12 @@ class Session:
     def _send(self, fields: list[Field]) -> None:
         if self.phase is Phase.CLOSED:
             return
+        self._out.append(encode_frame(fields))
+        self.messages_sent += 1
         limit = self.hub.faults.drop_after_messages
         if limit is not None and self.messages_sent >= limit:
             log.warning("connection %d: fault: dropping the connection after %d messages", self.connection, limit)
             self.close(f"fault: dropped after {limit} messages")
-            return
-        self._out.append(encode_frame(fields))
-        self.messages_sent += 1
 
 
 def _int(fields: list[str], index: int, name: str) -> int:

@@ -293,35 +293,47 @@ class GatewayState:
         try:
             state = cls(accounts=list(data["accounts"]), seed=int(data.get("seed", 0)))
             state.cash.update({k: float(v) for k, v in data.get("cash", {}).items()})
-            for i, row in enumerate(data.get("positions", [])):
-                contract = Contract(
-                    conid=int(row["conid"]),
-                    symbol=str(row["symbol"]),
-                    sec_type=str(row["sec_type"]),
-                    currency=str(row.get("currency") or "USD"),
-                    exchange=str(row.get("exchange") or ""),
-                    local_symbol=str(row.get("local_symbol") or row["symbol"]),
-                    trading_class=str(row.get("trading_class") or ""),
-                    expiry=str(row.get("expiry") or ""),
-                    strike=float(row.get("strike") or 0.0),
-                    right=str(row.get("right") or ""),
-                    multiplier=str(row.get("multiplier") or ""),
-                )
-                if contract.sec_type not in SEC_TYPES:
-                    raise ValueError(f"positions[{i}].sec_type: {contract.sec_type!r} is not one of {SEC_TYPES}")
-                if row["account"] not in state.accounts:
-                    raise ValueError(f"positions[{i}].account: {row['account']!r} is not in accounts")
-                state.prices[contract.conid] = float(row["market_price"])
-                state.holdings[(row["account"], contract.conid)] = Holding(
-                    row["account"],
-                    contract,
-                    float(row["quantity"]),
-                    float(row["average_cost"]),
-                    float(row.get("realized_pnl") or 0.0),
-                )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"state JSON is missing or has a malformed field: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"state JSON: missing or malformed accounts, seed or cash: {exc!r}") from exc
+        for i, row in enumerate(data.get("positions", [])):
+            try:
+                state._load_position(row)
+            except KeyError as exc:
+                raise ValueError(f"positions[{i}].{exc.args[0]}: missing") from exc
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"positions[{i}].{exc}") from exc
         return state
+
+    def _load_position(self, row: dict[str, Any]) -> None:
+        """Errors start with the field's name, so the caller can say `positions[i].field: ...`."""
+        for name in ("conid", "quantity", "average_cost", "market_price", "strike", "realized_pnl"):
+            if row.get(name) not in (None, "") and not isinstance(row[name], int | float):
+                try:
+                    float(row[name])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{name}: {row[name]!r} is not a number") from None
+        contract = Contract(
+            conid=int(row["conid"]),
+            symbol=str(row["symbol"]),
+            sec_type=str(row["sec_type"]),
+            currency=str(row.get("currency") or "USD"),
+            exchange=str(row.get("exchange") or ""),
+            local_symbol=str(row.get("local_symbol") or row["symbol"]),
+            trading_class=str(row.get("trading_class") or ""),
+            expiry=str(row.get("expiry") or ""),
+            strike=float(row.get("strike") or 0.0),
+            right=str(row.get("right") or ""),
+            multiplier=str(row.get("multiplier") or ""),
+        )
+        if contract.sec_type not in SEC_TYPES:
+            raise ValueError(f"sec_type: {contract.sec_type!r} is not one of {SEC_TYPES}")
+        if row["account"] not in self.accounts:
+            raise ValueError(f"account: {row['account']!r} is not in accounts")
+        self.prices[contract.conid] = float(row["market_price"])
+        self.holdings[(row["account"], contract.conid)] = Holding(
+            row["account"], contract, float(row["quantity"]), float(row["average_cost"]),
+            float(row.get("realized_pnl") or 0.0),
+        )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
