@@ -1,0 +1,262 @@
+"""Where the lake's tables live and what they hold: table URIs, storage options and schemas, declared once.
+
+Every module that reads or writes a table takes its URI from `table_uri` and its columns from the schemas here, so a
+column has one home and a table one address. Every table lives at `{root}/positions/{name}`: the Dagster Delta IO
+manager writes `{root_uri}/{schema}/{table}` and is configured with schema `positions`, so the queue (written
+directly with deltalake) and the IO manager's tables share one folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Iterable, Mapping
+from datetime import UTC, date, datetime
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+logger = logging.getLogger(__name__)
+
+StorageOptions = dict[str, str]
+"""delta-rs/object_store options (credentials, endpoint, region); None or {} for a local folder."""
+
+LAKE_URI_VARIABLE = "POSITION_LAKE_URI"
+"""The environment variable naming the lake root (a local folder or an object-store URI such as s3://bucket/lake)."""
+
+DEFAULT_LAKE_ROOT = ".lake"
+"""The lake root when POSITION_LAKE_URI is not set, relative to the current directory."""
+
+SCHEMA_NAME = "positions"
+"""The folder under the lake root that holds every table (the Delta IO manager's `schema`)."""
+
+QUEUE_TABLE = "position_queue"
+POSITION_UPDATES_TABLE = "position_updates"
+
+UTC_TIMESTAMP = pl.Datetime("us", "UTC")
+"""Every timestamp in the lake: microseconds, UTC, timezone-aware (Delta's `timestamp` type)."""
+
+QUEUE_SCHEMA = pl.Schema(
+    {
+        "request_id": pl.String(),
+        "conid": pl.Int64(),
+        "symbol": pl.String(),
+        "account": pl.String(),
+        "priority": pl.Int32(),
+        "status": pl.String(),
+        "created_at": UTC_TIMESTAMP,
+        "updated_at": UTC_TIMESTAMP,
+        "error_message": pl.String(),
+        "attempts": pl.Int32(),
+        "claims": pl.Int32(),
+        "retry_after": UTC_TIMESTAMP,
+        "claimed_by": pl.String(),
+        "claimed_at": UTC_TIMESTAMP,
+    }
+)
+"""The `position_queue` table: one row per requested position refresh, in exactly one status.
+
+`account` is the IB account the producer pinned (null: any configured account); `attempts` counts item-level
+failures, `claims` every claim (a re-claimed item has claims > 1); `retry_after` is set while an item is FAILED and
+says when it may be claimed again.
+"""
+
+QUEUE_NULLABLE = frozenset({"account", "error_message", "retry_after", "claimed_by", "claimed_at"})
+"""Columns that may be null; Delta enforces NOT NULL on the rest at every write."""
+
+LEGACY_QUEUE_SCHEMA = pl.Schema(
+    {
+        "request_id": pl.String(),
+        "conid": pl.Int64(),
+        "symbol": pl.String(),
+        "priority": pl.Int64(),
+        "status": pl.String(),
+        "created_at": pl.String(),
+        "updated_at": pl.String(),
+        "error_message": pl.String(),
+    }
+)
+"""The original design's queue table (timestamps as naive ISO-8601 strings), read only by the legacy import."""
+
+# Without atomic put-if-absent a commit can silently replace another writer's commit, and the queue's "one claim
+# per item" guarantee is gone (delta-io/delta-rs#1868, #3091).
+_UNSAFE_OPTIONS = frozenset({"aws_s3_allow_unsafe_rename"})
+_TRUE = frozenset({"true", "1", "yes", "on"})
+
+
+def lake_root(environ: Mapping[str, str] | None = None) -> str:
+    """The lake root: POSITION_LAKE_URI when set (and not blank), else the absolute path of `.lake` here."""
+    env = os.environ if environ is None else environ
+    configured = env.get(LAKE_URI_VARIABLE, "").strip()
+    return configured or os.path.abspath(DEFAULT_LAKE_ROOT)
+
+
+def table_uri(root: str | os.PathLike[str], name: str) -> str:
+    """The URI of table `name`: `{root}/positions/{name}`, for a local folder or a URI such as s3://bucket/lake."""
+    if not name or "/" in name or "\\" in name or name in {".", ".."}:
+        raise ValueError(f"table name must be a single path segment, got {name!r}")
+    text = os.fspath(root)
+    if not text:
+        raise ValueError("the lake root must not be empty")
+    if "://" in text:
+        return f"{text.rstrip('/')}/{SCHEMA_NAME}/{name}"
+    return os.path.join(text, SCHEMA_NAME, name)
+
+
+def checked_storage_options(options: Mapping[str, str] | None) -> StorageOptions | None:
+    """A copy of `options` after refusing settings that would break concurrent writers' atomic commits."""
+    if not options:
+        return None
+    checked: StorageOptions = {}
+    for key, value in options.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"storage options must map str to str, got {key!r}: {value!r}")
+        if key.lower() in _UNSAFE_OPTIONS and value.strip().lower() in _TRUE:
+            raise ValueError(f"storage option {key}={value} disables atomic commits; the queue needs them")
+        checked[key] = value
+    return checked
+
+
+def arrow_schema(schema: pl.Schema, nullable: Collection[str]) -> pa.Schema:
+    """The Arrow schema a Delta table is created with: the polars types, NOT NULL except for `nullable` columns."""
+    empty = pl.DataFrame(schema=schema).to_arrow()
+    return pa.schema([pa.field(f.name, _plain_string(f.type), nullable=f.name in nullable) for f in empty.schema])
+
+
+def _plain_string(dtype: pa.DataType) -> pa.DataType:
+    """Delta has one string type; Arrow `string` keeps created schemas the same across polars versions."""
+    if pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.string()
+    return dtype
+
+
+QUEUE_ARROW_SCHEMA = arrow_schema(QUEUE_SCHEMA, QUEUE_NULLABLE)
+
+
+# The sync job's tables. Both are declared here so the ib_snapshot step, the position_updates step and the table's
+# creation agree on every column.
+
+_POSITION_VALUES = {
+    "account": pl.String(),
+    "symbol": pl.String(),
+    "sec_type": pl.String(),
+    "right": pl.String(),
+    "strike": pl.Float64(),
+    "expiry": pl.String(),
+    "multiplier": pl.Float64(),
+    "currency": pl.String(),
+    "local_symbol": pl.String(),
+    "position": pl.Float64(),
+    "average_cost": pl.Float64(),
+    "market_price": pl.Float64(),
+    "market_value": pl.Float64(),
+    "unrealized_pnl": pl.Float64(),
+    "realized_pnl": pl.Float64(),
+    "account_update_time": pl.String(),
+}
+
+SNAPSHOT_RESULTS_SCHEMA = pl.Schema(
+    {
+        "request_id": pl.String(),
+        "conid": pl.Int64(),
+        "queued_symbol": pl.String(),
+        "queued_at": UTC_TIMESTAMP,
+        "claimed_at": UTC_TIMESTAMP,
+        "claims": pl.Int32(),
+        "snapshot_at": UTC_TIMESTAMP,
+        "client_id": pl.Int32(),
+        **_POSITION_VALUES,
+        "error": pl.String(),
+    }
+)
+"""The ib_snapshot step's output: one row per claimed item, its position values, or `error` saying why none.
+
+`claimed_at` and `claims` are carried from the queue so the position_updates step can time the batch and look for
+rows an earlier run of a re-claimed item (claims > 1) already wrote. Not a lake table: nothing here is NOT NULL.
+"""
+
+POSITION_UPDATES_SCHEMA = pl.Schema(
+    {
+        "request_id": pl.String(),
+        "conid": pl.Int64(),
+        **_POSITION_VALUES,
+        "queued_at": UTC_TIMESTAMP,
+        "snapshot_at": UTC_TIMESTAMP,
+        "run_id": pl.String(),
+        "snapshot_date": pl.Date(),
+    }
+)
+"""The `position_updates` table: the appended position history, one row per successfully refreshed item."""
+
+POSITION_UPDATES_NULLABLE = frozenset({"right", "strike", "expiry", "multiplier", "account_update_time"})
+"""What a contract may lack (a stock has no right, strike or expiry): null, never 0, '' or 'CALL'."""
+
+POSITION_UPDATES_PARTITION = "snapshot_date"
+"""The physical (Hive) partition column of position_updates: one folder `snapshot_date=YYYY-MM-DD` per UTC day."""
+
+POSITION_UPDATES_ARROW_SCHEMA = arrow_schema(POSITION_UPDATES_SCHEMA, POSITION_UPDATES_NULLABLE)
+
+
+def ensure_position_updates_table(root: str, storage_options: Mapping[str, str] | None = None) -> str:
+    """The URI of `position_updates` under `root`, after creating the table if it is absent.
+
+    Created with POSITION_UPDATES_SCHEMA and partitioned by snapshot_date, so appends without `partition_by` (the
+    Dagster IO manager's) land in `snapshot_date=YYYY-MM-DD` folders. Losing a creation race to another process is
+    fine; a table found with other columns or partitioning raises ValueError rather than being written to.
+    """
+    uri = table_uri(root, POSITION_UPDATES_TABLE)
+    options = checked_storage_options(storage_options)
+    try:
+        dt = DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        try:
+            dt = DeltaTable.create(
+                uri,
+                POSITION_UPDATES_ARROW_SCHEMA,
+                mode="ignore",
+                partition_by=[POSITION_UPDATES_PARTITION],
+                name=POSITION_UPDATES_TABLE,
+                description="Position history: one row per successfully refreshed queue item.",
+                storage_options=options,
+            )
+            logger.info("created %s", uri)
+        except DeltaError as exc:
+            logger.info("%s was created concurrently (%s)", uri, exc)
+            dt = DeltaTable(uri, storage_options=options)
+    found = pl.scan_delta(dt).collect_schema()
+    partitions = dt.metadata().partition_columns
+    if found != POSITION_UPDATES_SCHEMA or partitions != [POSITION_UPDATES_PARTITION]:
+        raise ValueError(
+            f"{uri} is not a position_updates table: columns {dict(found)} partitioned by {partitions}, "
+            f"expected {dict(POSITION_UPDATES_SCHEMA)} partitioned by {[POSITION_UPDATES_PARTITION]}"
+        )
+    return uri
+
+
+def existing_request_ids(
+    root: str, request_ids: Iterable[str], since: date, storage_options: Mapping[str, str] | None = None
+) -> set[str]:
+    """Which of `request_ids` already have a row in position_updates with snapshot_date >= `since`.
+
+    Reads only the partitions from `since` on, and only their request_id column. An absent table has no rows. A
+    datetime `since` counts by its UTC day (naive: taken as UTC).
+    """
+    wanted = sorted({str(i) for i in ([request_ids] if isinstance(request_ids, str) else request_ids)})
+    if not wanted:
+        return set()
+    if not isinstance(since, date):
+        raise TypeError(f"since must be a date, got {since!r}")
+    if isinstance(since, datetime):  # partitions are UTC days
+        since = (since if since.tzinfo is None else since.astimezone(UTC)).date()
+    try:
+        dt = DeltaTable(
+            table_uri(root, POSITION_UPDATES_TABLE), storage_options=checked_storage_options(storage_options)
+        )
+    except TableNotFoundError:
+        return set()
+    dataset = dt.to_pyarrow_dataset(file_pruning_predicate=[(POSITION_UPDATES_PARTITION, ">=", since.isoformat())])
+    found = dataset.to_table(columns=["request_id"], filter=pc.field("request_id").isin(wanted))
+    return {str(v) for v in found.column("request_id").to_pylist()}

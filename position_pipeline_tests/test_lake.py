@@ -1,0 +1,335 @@
+"""The lake's layout and the position_updates table on real Delta tables under tmp_path: URIs, the root from the
+environment, the declared schemas, creation (also racing), appends the way the Dagster IO manager makes them, and the
+request-id lookup that keeps a re-run from writing an item twice."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as stdlib_queue
+import shutil
+import traceback
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from position_pipeline import lake
+
+SPAWN = multiprocessing.get_context("spawn")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# Layout
+
+
+def test_tables_live_under_the_positions_schema_folder() -> None:
+    assert lake.SCHEMA_NAME == "positions"
+    assert lake.table_uri("/data/lake", "position_updates") == "/data/lake/positions/position_updates"
+    assert lake.table_uri("/data/lake/", lake.QUEUE_TABLE) == "/data/lake/positions/position_queue"
+    assert lake.table_uri(Path("/data/lake"), "t") == "/data/lake/positions/t"
+    assert lake.table_uri("s3://bucket/lake", "position_updates") == "s3://bucket/lake/positions/position_updates"
+    assert lake.table_uri("s3://bucket/lake/", "t") == "s3://bucket/lake/positions/t"
+    assert lake.table_uri("s3://bucket", "t") == "s3://bucket/positions/t"
+    for bad in ["", "a/b", "a\\b", ".", ".."]:
+        with pytest.raises(ValueError, match="single path segment"):
+            lake.table_uri("/data/lake", bad)
+    with pytest.raises(ValueError, match="empty"):
+        lake.table_uri("", "t")
+
+
+def test_lake_root_from_the_environment_or_dot_lake_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert lake.DEFAULT_LAKE_ROOT == ".lake"
+    assert lake.LAKE_URI_VARIABLE == "POSITION_LAKE_URI"
+    monkeypatch.chdir(tmp_path)
+    assert lake.lake_root({}) == str(tmp_path / ".lake")
+    assert os.path.isabs(lake.lake_root({}))
+    assert lake.lake_root({"POSITION_LAKE_URI": "s3://bucket/lake"}) == "s3://bucket/lake"
+    assert lake.lake_root({"POSITION_LAKE_URI": "  "}) == str(tmp_path / ".lake")  # blank is unset
+    assert lake.lake_root({"OTHER": "x"}) == str(tmp_path / ".lake")
+
+    monkeypatch.delenv("POSITION_LAKE_URI", raising=False)
+    assert lake.lake_root() == str(tmp_path / ".lake")
+    monkeypatch.setenv("POSITION_LAKE_URI", "/srv/lake")
+    assert lake.lake_root() == "/srv/lake"
+    assert not (tmp_path / ".lake").exists(), "lake_root only names the folder"
+
+
+# Schemas
+
+
+POSITION_VALUES = [
+    "account",
+    "symbol",
+    "sec_type",
+    "right",
+    "strike",
+    "expiry",
+    "multiplier",
+    "currency",
+    "local_symbol",
+    "position",
+    "average_cost",
+    "market_price",
+    "market_value",
+    "unrealized_pnl",
+    "realized_pnl",
+    "account_update_time",
+]
+
+
+def test_snapshot_results_schema() -> None:
+    schema = lake.SNAPSHOT_RESULTS_SCHEMA
+    assert schema.names() == [
+        "request_id",
+        "conid",
+        "queued_symbol",
+        "queued_at",
+        "claimed_at",
+        "claims",
+        "snapshot_at",
+        "client_id",
+        *POSITION_VALUES,
+        "error",
+    ]
+    assert schema["conid"] == pl.Int64 and schema["client_id"] == pl.Int32 and schema["claims"] == pl.Int32
+    for name in ["queued_at", "claimed_at", "snapshot_at"]:
+        assert schema[name] == pl.Datetime("us", "UTC")
+    for name in ["strike", "multiplier", "position", "average_cost", "market_price", "market_value"]:
+        assert schema[name] == pl.Float64
+    for name in ["unrealized_pnl", "realized_pnl"]:
+        assert schema[name] == pl.Float64
+    for name in ["request_id", "queued_symbol", "account", "right", "expiry", "account_update_time", "error"]:
+        assert schema[name] == pl.String
+
+
+def test_position_updates_schema() -> None:
+    schema = lake.POSITION_UPDATES_SCHEMA
+    assert schema.names() == [
+        "request_id",
+        "conid",
+        *POSITION_VALUES,
+        "queued_at",
+        "snapshot_at",
+        "run_id",
+        "snapshot_date",
+    ]
+    assert schema["snapshot_date"] == pl.Date
+    assert schema["queued_at"] == schema["snapshot_at"] == pl.Datetime("us", "UTC")
+    # Every history column comes from a snapshot result, except what the position_updates step stamps.
+    shared = [n for n in schema.names() if n not in ("run_id", "snapshot_date")]
+    assert all(lake.SNAPSHOT_RESULTS_SCHEMA[n] == schema[n] for n in shared)
+    assert sorted(lake.POSITION_UPDATES_NULLABLE) == ["account_update_time", "expiry", "multiplier", "right", "strike"]
+    arrow = lake.POSITION_UPDATES_ARROW_SCHEMA
+    assert [f.name for f in arrow if f.nullable] == ["right", "strike", "expiry", "multiplier", "account_update_time"]
+    assert arrow.field("request_id").type == pa.string()
+
+
+# position_updates
+
+
+def _updates(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows as the position_updates step emits them: a polars frame in POSITION_UPDATES_SCHEMA."""
+    defaults: dict[str, Any] = {
+        "conid": 265598,
+        "account": "DU1000001",
+        "symbol": "AAPL",
+        "sec_type": "STK",
+        "right": None,
+        "strike": None,
+        "expiry": None,
+        "multiplier": None,
+        "currency": "USD",
+        "local_symbol": "AAPL",
+        "position": 100.0,
+        "average_cost": 150.0,
+        "market_price": 190.0,
+        "market_value": 19_000.0,
+        "unrealized_pnl": 4_000.0,
+        "realized_pnl": 0.0,
+        "account_update_time": None,
+        "queued_at": datetime(2030, 1, 2, 9, 0, tzinfo=UTC),
+        "run_id": "run-1",
+    }
+    full = []
+    for row in rows:
+        day: date = row["snapshot_date"]
+        at = datetime(day.year, day.month, day.day, 14, 30, tzinfo=UTC)
+        full.append({**defaults, "snapshot_at": at, **row})
+    return pl.DataFrame(full, schema=lake.POSITION_UPDATES_SCHEMA)
+
+
+def test_ensure_creates_the_partitioned_table_once(tmp_path: Path) -> None:
+    root = str(tmp_path / "lake")
+    uri = lake.ensure_position_updates_table(root)
+    assert uri == lake.table_uri(root, lake.POSITION_UPDATES_TABLE) == str(tmp_path / "lake/positions/position_updates")
+    dt = DeltaTable(uri)
+    assert dt.version() == 0
+    assert dt.metadata().partition_columns == ["snapshot_date"]
+    assert dt.metadata().name == "position_updates"
+    fields = {f.name: f for f in dt.schema().fields}
+    assert [n for n, f in fields.items() if f.nullable] == [
+        "right",
+        "strike",
+        "expiry",
+        "multiplier",
+        "account_update_time",
+    ]
+    assert fields["snapshot_at"].type.type == "timestamp" and fields["snapshot_date"].type.type == "date"
+    assert pl.scan_delta(uri).collect_schema() == lake.POSITION_UPDATES_SCHEMA
+
+    assert lake.ensure_position_updates_table(root) == uri
+    assert DeltaTable(uri).version() == 0, "an existing table is left as it is"
+
+
+def test_ensure_refuses_a_table_it_did_not_declare(tmp_path: Path) -> None:
+    root = str(tmp_path / "lake")
+    uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
+    write_deltalake(uri, _updates([{"request_id": "a", "snapshot_date": date(2030, 1, 2)}]).to_arrow())  # no partitions
+    with pytest.raises(ValueError, match="not a position_updates table"):
+        lake.ensure_position_updates_table(root)
+
+    other = str(tmp_path / "other")
+    write_deltalake(lake.table_uri(other, lake.POSITION_UPDATES_TABLE), pl.DataFrame({"x": [1]}).to_arrow())
+    with pytest.raises(ValueError, match="not a position_updates table"):
+        lake.ensure_position_updates_table(other)
+    with pytest.raises(ValueError, match="atomic"):
+        lake.ensure_position_updates_table("s3://bucket/lake", {"aws_s3_allow_unsafe_rename": "true"})
+
+
+def test_append_without_partition_by_lands_in_date_partitions(tmp_path: Path) -> None:
+    """How the Dagster Delta IO manager writes an unpartitioned asset: mode append, no partition_by."""
+    uri = lake.ensure_position_updates_table(str(tmp_path / "lake"))
+    stock = {"request_id": "stock", "snapshot_date": date(2030, 1, 2)}
+    option = {
+        "request_id": "option",
+        "conid": 700001,
+        "symbol": "SPY",
+        "sec_type": "OPT",
+        "right": "P",
+        "strike": 450.0,
+        "expiry": "20300118",
+        "multiplier": 100.0,
+        "local_symbol": "SPY   300118P00450000",
+        "account_update_time": "14:29",
+        "snapshot_date": date(2030, 1, 3),
+    }
+    write_deltalake(uri, _updates([stock, option]).to_arrow(), mode="append")
+    # The IO manager hands delta-rs a RecordBatchReader of the polars frame's Arrow data.
+    later = {"request_id": "later", "snapshot_date": date(2030, 1, 3), "run_id": "run-2"}
+    write_deltalake(uri, _updates([later]).to_arrow().to_reader(), mode="append")
+
+    dt = DeltaTable(uri)
+    assert dt.version() == 2
+    folders = sorted(p.name for p in Path(uri).iterdir() if p.name != "_delta_log")
+    assert folders == ["snapshot_date=2030-01-02", "snapshot_date=2030-01-03"]
+    assert sorted(Path(p).parent.name for p in dt.file_uris()) == [
+        "snapshot_date=2030-01-02",
+        "snapshot_date=2030-01-03",
+        "snapshot_date=2030-01-03",
+    ]
+    rows = {r["request_id"]: r for r in pl.read_delta(uri).iter_rows(named=True)}
+    assert [rows[k]["snapshot_date"] for k in ("stock", "option", "later")] == [
+        date(2030, 1, 2),
+        date(2030, 1, 3),
+        date(2030, 1, 3),
+    ]
+    assert [rows["stock"][c] for c in ("right", "strike", "expiry", "multiplier")] == [None] * 4
+    assert (rows["option"]["right"], rows["option"]["strike"], rows["option"]["multiplier"]) == ("P", 450.0, 100.0)
+
+    # NOT NULL is enforced on the data, whatever the Arrow field says.
+    with pytest.raises(Exception, match="failed validation"):
+        write_deltalake(uri, _updates([{**stock, "request_id": "x", "account": None}]).to_arrow(), mode="append")
+    assert DeltaTable(uri).version() == 2
+
+
+def _ensure(root: str, results: Any) -> None:
+    """Child process: create position_updates (or find it), report its URI."""
+    try:
+        results.put((lake.ensure_position_updates_table(root), None))
+    except Exception:
+        results.put((None, traceback.format_exc()))
+
+
+def test_concurrent_creators_all_get_the_table(tmp_path: Path) -> None:
+    root = str(tmp_path / "lake")
+    results = SPAWN.Queue()
+    processes = [SPAWN.Process(target=_ensure, args=(root, results)) for _ in range(4)]
+    for p in processes:
+        p.start()
+    reports = []
+    for _ in processes:
+        try:
+            reports.append(results.get(timeout=45))
+        except stdlib_queue.Empty:
+            pytest.fail("a creator did not report")
+    for p in processes:
+        p.join(timeout=10)
+        assert p.exitcode == 0
+    assert [error for _, error in reports] == [None] * 4
+    assert {uri for uri, _ in reports} == {lake.table_uri(root, lake.POSITION_UPDATES_TABLE)}
+    dt = DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE))
+    assert dt.version() == 0 and dt.metadata().partition_columns == ["snapshot_date"]
+
+
+# existing_request_ids
+
+
+def test_existing_request_ids_reads_only_recent_partitions(tmp_path: Path) -> None:
+    root = str(tmp_path / "lake")
+    assert lake.existing_request_ids(root, ["a"], date(2030, 1, 1)) == set(), "no table yet: no rows"
+    uri = lake.ensure_position_updates_table(root)
+    assert lake.existing_request_ids(root, ["a"], date(2030, 1, 1)) == set(), "an empty table: no rows"
+    rows = [
+        {"request_id": "old", "snapshot_date": date(2030, 1, 1)},
+        {"request_id": "mid", "snapshot_date": date(2030, 1, 2)},
+        {"request_id": "new", "snapshot_date": date(2030, 1, 3)},
+        {"request_id": "other", "snapshot_date": date(2030, 1, 3)},
+    ]
+    write_deltalake(uri, _updates(rows).to_arrow(), mode="append")
+
+    wanted = ["old", "mid", "new", "never-written"]
+    assert lake.existing_request_ids(root, wanted, date(2030, 1, 1)) == {"old", "mid", "new"}
+    assert lake.existing_request_ids(root, wanted, date(2030, 1, 2)) == {"mid", "new"}
+    assert lake.existing_request_ids(root, wanted, datetime(2030, 1, 3, 23, tzinfo=UTC)) == {"new"}
+    east = timezone(timedelta(hours=5))
+    assert lake.existing_request_ids(root, wanted, datetime(2030, 1, 3, 2, tzinfo=east)) == {"mid", "new"}  # UTC day 2
+    assert lake.existing_request_ids(root, wanted, date(2030, 1, 4)) == set()
+    assert lake.existing_request_ids(root, ["never-written", "x"], date(2030, 1, 1)) == set()
+    assert lake.existing_request_ids(root, [], date(2030, 1, 1)) == set()
+    assert lake.existing_request_ids(root, "new", date(2030, 1, 1)) == {"new"}  # one id, not its characters
+
+    # Partitions before `since` are not even opened: with the oldest one's files gone, later lookups still work.
+    shutil.rmtree(Path(uri) / "snapshot_date=2030-01-01")
+    assert lake.existing_request_ids(root, wanted, date(2030, 1, 2)) == {"mid", "new"}
+    with pytest.raises(Exception, match=r"(?i)not found|no such file"):
+        lake.existing_request_ids(root, wanted, date(2030, 1, 1))
+
+
+def test_existing_request_ids_reads_only_the_request_id_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = str(tmp_path / "lake")
+    uri = lake.ensure_position_updates_table(root)
+    write_deltalake(uri, _updates([{"request_id": "a", "snapshot_date": date(2030, 1, 2)}]).to_arrow(), mode="append")
+    reads: list[dict[str, Any]] = []
+
+    class Recording(DeltaTable):
+        def to_pyarrow_dataset(self, *args: Any, **kwargs: Any) -> Any:
+            dataset = super().to_pyarrow_dataset(*args, **kwargs)
+
+            class Dataset:
+                def to_table(self, **read: Any) -> pa.Table:
+                    reads.append({**kwargs, **read})
+                    return dataset.to_table(**read)
+
+            return Dataset()
+
+    monkeypatch.setattr(lake, "DeltaTable", Recording)
+    assert lake.existing_request_ids(root, ["a", "b"], date(2030, 1, 2)) == {"a"}
+    assert len(reads) == 1
+    assert reads[0]["columns"] == ["request_id"]
+    assert reads[0]["file_pruning_predicate"] == [("snapshot_date", ">=", "2030-01-02")]
