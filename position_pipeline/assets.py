@@ -1,0 +1,205 @@
+"""The asset graph: position_queue (written by producers) -> queued_positions -> ib_snapshot -> position_updates.
+
+Exactly once: a run claims its batch in the queue (PROCESSING, claimed_by = run id), appends the rows through the
+Delta IO manager, and only then marks the items SUCCESS or FAILED. A run that dies in between leaves its items
+PROCESSING; the sensor gives them back to PENDING once Dagster reports the run finished, and the next run skips
+writing rows that an earlier run of the same item already committed (`claims > 1` items are checked).
+
+Dagster forbids cycles, so the write-back to the queue is recorded as a materialization of the `position_queue`
+asset: its history in the UI lists every run's write-back.
+"""
+
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+from deltalake import DeltaTable
+from pydantic import Field
+
+from .ib_reader import IBError
+from .lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids
+from .resources import IBResource, LakeResource
+from .snapshot import failures, position_update_rows, snapshot_results
+
+GROUP = "positions"
+OWNERS = ["team:trading-data"]
+PREVIEW_ROWS = 10
+
+
+class SyncConfig(dg.Config):
+    """What one run claims. The sensor uses the defaults; backfills and manual runs may claim more."""
+
+    batch_size: int = Field(default=50, ge=1, description="Items claimed per run.")
+    priority: int = Field(default=2, description="Queue priority to claim: 1 active, 2 monitoring.")
+    max_attempts: int = Field(default=3, ge=1, description="Item-level failures after which an item stays FAILED.")
+
+
+position_queue = dg.AssetSpec(
+    "position_queue",
+    description=(
+        "The work queue (Delta table `positions/position_queue`). Producers append items through `PositionQueue` "
+        "or `position-pipeline enqueue`; each sync run claims a batch and writes the outcome back here, recorded as "
+        "a materialization of this asset."
+    ),
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"delta"},
+)
+
+
+@dg.asset(
+    deps=[position_queue],
+    io_manager_key="batch_io_manager",
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    description="Claims up to batch_size claimable items (oldest first) for this run, so no other run can take them.",
+)
+def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake: LakeResource) -> dg.Output:
+    batch = lake.queue().claim(
+        config.priority, config.batch_size, claimed_by=context.run_id, max_attempts=config.max_attempts
+    )
+    context.log.info(f"run {context.run_id} claimed {batch.height} items of priority {config.priority}")
+    return dg.Output(
+        batch,
+        metadata={
+            "claimed": batch.height,
+            "reclaimed": batch.filter(pl.col("claims") > 1).height,
+            "oldest_queued_at": str(batch["created_at"].min()) if batch.height else "",
+            "preview": dg.MetadataValue.md(_markdown(batch.select("request_id", "conid", "symbol", "account"))),
+        },
+    )
+
+
+@dg.asset(
+    io_manager_key="batch_io_manager",
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"polars"},
+    description=(
+        "One polling read from IB for the whole batch: reqPositions once, then the portfolio of each account "
+        "involved (reqAccountUpdates, one account at a time). No market-data request, no order."
+    ),
+)
+def ib_snapshot(
+    context: dg.AssetExecutionContext, queued_positions: pl.DataFrame, ib: IBResource, lake: LakeResource
+) -> dg.Output:
+    if queued_positions.is_empty():
+        return dg.Output(pl.DataFrame(schema=SNAPSHOT_RESULTS_SCHEMA), metadata={"items": 0, "ib_read_seconds": 0.0})
+    settings = ib.settings()
+    started = time.perf_counter()
+    try:
+        snapshot = ib.read_snapshot(queued_positions["conid"].unique().to_list(), context.run_id)
+    except IBError as exc:
+        released = lake.queue().release(queued_positions["request_id"].to_list(), claimed_by=context.run_id)
+        context.log.error(f"IB read failed; {released} items released for a later run: {exc}")
+        raise dg.Failure(
+            description=str(exc),
+            metadata={"gateway": f"{settings.host}:{settings.port}", "items_released": released},
+        ) from exc
+    accounts = list(settings.accounts) or snapshot.managed_accounts
+    results = snapshot_results(queued_positions, snapshot, accounts)
+    failed = results.filter(pl.col("error").is_not_null()).height
+    context.log.info(
+        f"IB read for {queued_positions.height} items with client id {snapshot.client_id} "
+        f"from accounts {', '.join(accounts)}: {results.height - failed} found, {failed} not"
+    )
+    return dg.Output(
+        results,
+        metadata={
+            "items": results.height,
+            "found": results.height - failed,
+            "not_found": failed,
+            "client_id": snapshot.client_id,
+            "accounts": ", ".join(sorted({a for a in results["account"].to_list() if a})),
+            "ib_read_seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+@dg.asset(
+    io_manager_key="delta_io_manager",
+    metadata={"mode": "append"},
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"polars", "delta"},
+    description=(
+        "Position history: one row per successful item, appended in one Delta commit per batch, partitioned by "
+        "snapshot_date. After the append, the batch is written back to position_queue (SUCCESS / FAILED)."
+    ),
+)
+def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFrame, lake: LakeResource):  # type: ignore[no-untyped-def]
+    run_id = context.run_id
+    rows = position_update_rows(ib_snapshot, run_id)
+    failed = failures(ib_snapshot)
+    uri = lake.position_updates_uri()
+    written_before = _already_written(lake, ib_snapshot)
+    if written_before:
+        context.log.warning(f"{len(written_before)} items were written by an earlier run that died; not again")
+        rows = rows.filter(~pl.col("request_id").is_in(list(written_before)))
+    succeeded = rows["request_id"].to_list() + sorted(written_before)
+    claimed_at: datetime | None = ib_snapshot["claimed_at"].min() if ib_snapshot.height else None  # type: ignore[assignment]
+    version_before = _table_version(uri)
+    yield dg.Output(
+        rows,
+        metadata={
+            "claimed": ib_snapshot.height,
+            "succeeded": len(succeeded),
+            "failed": len(failed),
+            "rows_written": rows.height,
+            "table_version": version_before + 1,
+            "batch_seconds": round(_seconds_since(claimed_at), 3),
+            "preview": dg.MetadataValue.md(_markdown(rows.drop("run_id", "snapshot_date"))),
+        },
+    )
+    # The IO manager has committed the append at this point: only now is it safe to mark the items done.
+    queue = lake.queue()
+    marked = queue.mark_success(succeeded, claimed_by=run_id) if succeeded else 0
+    marked_failed = queue.mark_failed_many(failed, claimed_by=run_id) if failed else 0
+    version_after = _table_version(uri)
+    context.log.info(
+        f"batch of {ib_snapshot.height}: {rows.height} rows appended (position_updates version {version_after}), "
+        f"{marked} marked SUCCESS, {marked_failed} marked FAILED"
+    )
+    yield dg.AssetMaterialization(
+        asset_key=position_queue.key,
+        description=f"write-back of run {run_id}",
+        metadata={
+            "run_id": run_id,
+            "marked_success": marked,
+            "marked_failed": marked_failed,
+            "position_updates_version": version_after,
+            "failures": dg.MetadataValue.md(
+                _markdown(pl.DataFrame({"request_id": list(failed), "error": list(failed.values())}))
+            ),
+        },
+    )
+
+
+def _already_written(lake: LakeResource, results: pl.DataFrame) -> set[str]:
+    """Rows that an earlier run of the same items committed before dying (only re-claimed items can have one)."""
+    again = results.filter(pl.col("claims") > 1)
+    if again.is_empty():
+        return set()
+    since = again["queued_at"].min().date()  # type: ignore[union-attr]
+    return existing_request_ids(lake.root_uri, again["request_id"].to_list(), since)
+
+
+def _table_version(uri: str) -> int:
+    return DeltaTable(uri).version()
+
+
+def _seconds_since(moment: datetime | None) -> float:
+    return (datetime.now(UTC) - moment).total_seconds() if moment else 0.0
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    if frame.is_empty():
+        return "(none)"
+    head = frame.head(PREVIEW_ROWS)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in head.iter_rows()]
+    if frame.height > PREVIEW_ROWS:
+        lines.append(f"\n{frame.height - PREVIEW_ROWS} more rows")
+    return "\n".join(lines)

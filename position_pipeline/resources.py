@@ -1,0 +1,99 @@
+"""The resources: IB Gateway/TWS (read-only, through ib_async), the lake, and the Delta IO manager.
+
+Every per-deployment value comes from an environment variable through `dg.EnvVar`, so the Dagster UI shows which
+variable configures it. A variable that is not set leaves the field at its default, which points at a local IB
+Gateway's paper port (127.0.0.1:4002) and a `.lake` folder in the working directory.
+"""
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import dagster as dg
+from dagster_deltalake import LocalConfig, WriteMode
+from dagster_deltalake_polars import DeltaLakePolarsIOManager
+from pydantic import Field
+
+from . import lake
+from .ib_reader import IBSettings, IBSnapshot, read_snapshot
+from .queue import PositionQueue
+
+
+class IBResource(dg.ConfigurableResource):
+    """IB Gateway or TWS, read-only. Each run connects with its own client id and always disconnects."""
+
+    host: str = Field(default="127.0.0.1", description="Gateway host (IB_HOST).")
+    port: int = Field(
+        default=4002, description="API port (IB_PORT): 4001/4002 Gateway live/paper, 7496/7497 TWS live/paper."
+    )
+    client_id: int = Field(
+        default=100,
+        description="First client id of this code location's range (IB_CLIENT_ID); each run picks one in the range "
+        "from its run id, so overlapping runs do not collide, and moves on if IB answers 326.",
+    )
+    client_id_span: int = Field(default=100, description="How many client ids the range holds (IB_CLIENT_ID_SPAN).")
+    accounts: str = Field(
+        default="", description="Comma-separated accounts to read (IB_ACCOUNTS); empty: every managed account."
+    )
+    connect_timeout: float = Field(default=10.0, description="Seconds to wait for the API handshake.")
+    request_timeout: float = Field(
+        default=30.0, description="Seconds to wait for each read (positions, one account's portfolio)."
+    )
+
+    def settings(self) -> IBSettings:
+        return IBSettings(
+            host=self.host,
+            port=self.port,
+            client_id=self.client_id,
+            client_id_span=self.client_id_span,
+            accounts=tuple(a.strip() for a in self.accounts.split(",") if a.strip()),
+            connect_timeout=self.connect_timeout,
+            request_timeout=self.request_timeout,
+        )
+
+    def read_snapshot(self, conids: Iterable[int], run_id: str) -> IBSnapshot:
+        """One polling read of the positions and portfolio values of these contracts."""
+        return read_snapshot(self.settings(), conids, seed=run_id)
+
+
+class LakeResource(dg.ConfigurableResource):
+    """Where the queue and position_updates live: a local folder or an object-store URI (POSITION_LAKE_URI)."""
+
+    root_uri: str = Field(description="Lake root (POSITION_LAKE_URI); tables live under {root_uri}/positions/.")
+
+    def queue(self) -> PositionQueue:
+        return PositionQueue(lake.table_uri(self.root_uri, lake.QUEUE_TABLE))
+
+    def position_updates_uri(self) -> str:
+        return lake.ensure_position_updates_table(self.root_uri)
+
+
+def _env_or(name: str, default: Any, kind: type = str) -> Any:
+    """`dg.EnvVar(name)` when the variable is set, else the default: Dagster has no EnvVar default."""
+    if name not in os.environ:
+        return default
+    return dg.EnvVar.int(name) if kind is int else dg.EnvVar(name)
+
+
+def ib_resource() -> IBResource:
+    return IBResource(
+        host=_env_or("IB_HOST", "127.0.0.1"),
+        port=_env_or("IB_PORT", 4002, int),
+        client_id=_env_or("IB_CLIENT_ID", 100, int),
+        client_id_span=_env_or("IB_CLIENT_ID_SPAN", 100, int),
+        accounts=_env_or("IB_ACCOUNTS", ""),
+    )
+
+
+def lake_resource() -> LakeResource:
+    return LakeResource(root_uri=_env_or(lake.LAKE_URI_VARIABLE, lake.lake_root()))
+
+
+def delta_io_manager() -> DeltaLakePolarsIOManager:
+    """Appends only: overwrite mode would replace whole partitions of position history."""
+    return DeltaLakePolarsIOManager(
+        root_uri=_env_or(lake.LAKE_URI_VARIABLE, lake.lake_root()),
+        schema=lake.SCHEMA_NAME,
+        mode=WriteMode.append,
+        storage_options=LocalConfig(),
+    )

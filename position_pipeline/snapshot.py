@@ -1,0 +1,96 @@
+"""Turns a claimed batch and one IB snapshot into one result per item: the values, or why there are none.
+
+Pure functions over polars frames. The design note's mistakes are not repeated: right, strike, expiry and multiplier
+come from the contract (null where a contract has none, as for stocks), never 0 / '' / 'CALL'.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from .ib_reader import HeldPosition, IBSnapshot
+from .lake import POSITION_UPDATES_SCHEMA, SNAPSHOT_RESULTS_SCHEMA
+
+
+def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot, accounts: list[str]) -> pl.DataFrame:
+    """One row per claimed item of `batch` (a frame in the queue's schema): its values, or why there are none."""
+    held = snapshot.by_conid()
+    rows = []
+    for item in batch.iter_rows(named=True):
+        pinned = item.get("account")
+        candidates = [p for p in held.get(item["conid"], []) if pinned in (None, p.account)]
+        row = {
+            "request_id": item["request_id"],
+            "conid": item["conid"],
+            "queued_symbol": item["symbol"],
+            "queued_at": item["created_at"],
+            "claimed_at": item["claimed_at"],
+            "claims": item["claims"],
+            "snapshot_at": snapshot.taken_at,
+            "client_id": snapshot.client_id,
+        }
+        error = _why_not(item["conid"], pinned, candidates, accounts, snapshot.taken_at)
+        if error is None:
+            row.update(_values(candidates[0]))
+        row["error"] = error
+        rows.append(row)
+    return pl.DataFrame(rows, schema=SNAPSHOT_RESULTS_SCHEMA)
+
+
+def position_update_rows(results: pl.DataFrame, run_id: str) -> pl.DataFrame:
+    """The rows `position_updates` appends: the successful results, stamped with the run and the snapshot date."""
+    return (
+        results.filter(pl.col("error").is_null())
+        .with_columns(
+            run_id=pl.lit(run_id, pl.String),
+            snapshot_date=pl.col("snapshot_at").dt.date(),
+        )
+        .select(POSITION_UPDATES_SCHEMA.names())
+        .cast(POSITION_UPDATES_SCHEMA)
+    )
+
+
+def failures(results: pl.DataFrame) -> dict[str, str]:
+    """request_id -> reason, for the items that get no row."""
+    failed = results.filter(pl.col("error").is_not_null())
+    return dict(zip(failed["request_id"].to_list(), failed["error"].to_list(), strict=True))
+
+
+def _why_not(
+    conid: int, pinned: str | None, candidates: list[HeldPosition], accounts: list[str], read_at: datetime
+) -> str | None:
+    where = pinned or ", ".join(accounts)
+    if pinned is not None and pinned not in accounts:
+        return f"account {pinned} is not one of the accounts read ({', '.join(accounts)})"
+    if not candidates:
+        return f"not held: conid {conid} is not a position in {where} (IB read at {read_at:%Y-%m-%d %H:%M:%S} UTC)"
+    if len(candidates) > 1:
+        held_in = ", ".join(p.account for p in candidates)
+        return f"held in several accounts ({held_in}): enqueue the item with the account it is for"
+    if candidates[0].market_value is None:
+        return f"IB sent no portfolio values for conid {conid} in {candidates[0].account} (reqAccountUpdates)"
+    return None
+
+
+def _values(p: HeldPosition) -> dict[str, object]:
+    has_expiry = p.sec_type in ("OPT", "FOP", "FUT", "WAR")
+    return {
+        "account": p.account,
+        "symbol": p.symbol,
+        "sec_type": p.sec_type,
+        "right": p.right or None,
+        "strike": p.strike if p.sec_type in ("OPT", "FOP", "WAR") and p.strike else None,
+        "expiry": p.expiry if has_expiry and p.expiry else None,
+        "multiplier": float(p.multiplier) if p.multiplier else None,
+        "currency": p.currency,
+        "local_symbol": p.local_symbol,
+        "position": p.position,
+        "average_cost": p.average_cost,
+        "market_price": p.market_price,
+        "market_value": p.market_value,
+        "unrealized_pnl": p.unrealized_pnl,
+        "realized_pnl": p.realized_pnl,
+        "account_update_time": p.account_update_time,
+    }

@@ -1,0 +1,190 @@
+"""End to end: the real Dagster daemon runs this code location's sensor against the simulated gateway.
+
+300 items across three accounts must each end SUCCESS with exactly one row whose values equal the simulator's;
+items the gateway does not hold must end FAILED with a reason and no row; and the gateway must have seen no order and
+no market-data request. The measured latencies go to `e2e_figures.json` in the test's temp folder and to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from position_pipeline import lake
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
+from position_pipeline.jobs import SYNC_JOB_NAME
+from position_pipeline.queue import PositionQueue, QueueStatus
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def daemon_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], GatewayThread, GatewayState, Path]]:
+    state = GatewayState.generate(positions=330, accounts=3, seed=11)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    with GatewayThread(lambda: SimulatedGateway(state, port=0, price_interval=None)) as sim:
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "POSITION_LAKE_URI": str(tmp_path / "lake"),
+            "IB_PORT": str(sim.port),
+        }
+        yield env, sim, state, tmp_path
+
+
+@pytest.fixture
+def daemon(daemon_env: tuple[dict[str, str], GatewayThread, GatewayState, Path]) -> Iterator[subprocess.Popen[bytes]]:
+    env, *_, tmp_path = daemon_env
+    log = (tmp_path / "daemon.log").open("wb")
+    command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "position_pipeline.definitions"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            if process.poll() is None:
+                os.killpg(process.pid, sig)
+                try:
+                    process.wait(wait)
+                except subprocess.TimeoutExpired:
+                    continue
+        log.close()
+
+
+def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen[bytes], log: Path) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"the daemon exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s; daemon log tail:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+def test_the_daemon_keeps_position_updates_current(daemon_env, daemon) -> None:  # type: ignore[no-untyped-def]
+    env, sim, state, tmp_path = daemon_env
+    log = tmp_path / "daemon.log"
+    root = env["POSITION_LAKE_URI"]
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    holdings = list(state.positions())[:300]
+    assert len({h.account for h in holdings}) == 3
+
+    seen_at: dict[str, float] = {}
+    enqueued_at: dict[str, float] = {}
+
+    def poll_rows() -> int:
+        uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
+        if not (Path(uri) / "_delta_log").exists():
+            return 0
+        ids = pl.from_arrow(DeltaTable(uri).to_pyarrow_table(columns=["request_id"]))["request_id"].to_list()  # type: ignore[index]
+        now = time.time()
+        for request_id in ids:
+            seen_at.setdefault(request_id, now)
+        return len(ids)
+
+    for start in range(0, 300, 50):  # producers enqueue while the sensor runs
+        chunk = holdings[start : start + 50]
+        at = time.time()
+        ids = queue.insert_many(
+            [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in chunk]
+        )
+        enqueued_at.update(dict.fromkeys(ids, at))
+        for _ in range(8):
+            poll_rows()
+            time.sleep(0.25)
+
+    wait_for(lambda: poll_rows() >= 300 and queue.counts()[QueueStatus.SUCCESS] == 300, 300, "300 SUCCESS", daemon, log)
+
+    rows = pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
+    assert isinstance(rows, pl.DataFrame)
+    assert rows.height == 300 and rows["request_id"].n_unique() == 300
+    for row in rows.iter_rows(named=True):
+        holding = state.holding(row["account"], row["conid"])
+        assert holding is not None
+        value = state.valuation(holding)
+        assert (row["position"], row["market_price"], row["market_value"]) == (
+            holding.quantity,
+            value.market_price,
+            value.market_value,
+        )
+
+    unknown = queue.insert_many([(88_000_000 + i, f"NOPE{i}") for i in range(5)])
+    wait_for(
+        lambda: set(queue.read().filter(pl.col("request_id").is_in(unknown))["status"].to_list()) == {"FAILED"},
+        120,
+        "unknown items FAILED",
+        daemon,
+        log,
+    )
+    failed = queue.read().filter(pl.col("request_id").is_in(unknown))
+    assert all("not held" in message for message in failed["error_message"].to_list())
+    assert poll_rows() == 300
+
+    records = sim.requests()
+    assert not any(r.is_order or r.is_market_data for r in records)
+
+    latencies = sorted(seen_at[i] - enqueued_at[i] for i in enqueued_at)
+    figures = {"items": 300, **_latency_figures(latencies), **_run_figures(env["DAGSTER_HOME"])}
+    (tmp_path / "e2e_figures.json").write_text(json.dumps(figures, indent=1))
+    print("\nend-to-end figures:", json.dumps(figures, indent=1))
+
+
+def _latency_figures(latencies: list[float]) -> dict[str, float]:
+    return {
+        "enqueue_to_row_median_s": round(statistics.median(latencies), 2),
+        "enqueue_to_row_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 2),
+        "enqueue_to_row_worst_s": round(latencies[-1], 2),
+    }
+
+
+def _run_figures(dagster_home: str) -> dict[str, float]:
+    """Per run: queued -> started (launch), started -> first step, and the batch steps themselves."""
+    os.environ["DAGSTER_HOME"] = dagster_home
+    try:
+        with dg.DagsterInstance.get() as instance:
+            records = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
+            launch, batch, total = [], [], []
+            for record in records:
+                if record.start_time is None or record.end_time is None:
+                    continue
+                created = record.create_timestamp.replace(tzinfo=UTC).timestamp()
+                logs = instance.all_logs(record.dagster_run.run_id)
+                events = [(e.timestamp, e.dagster_event.event_type) for e in logs if e.dagster_event is not None]
+                starts = [at for at, kind in events if kind == dg.DagsterEventType.STEP_START]
+                ends = [
+                    at
+                    for at, kind in events
+                    if kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
+                ]
+                if not starts or not ends:
+                    continue
+                launch.append(starts[0] - created)
+                batch.append(max(ends) - min(starts))
+                total.append(record.end_time - created)
+    finally:
+        del os.environ["DAGSTER_HOME"]
+    return {
+        "runs": len(total),
+        "run_launch_median_s": round(statistics.median(launch), 2),
+        "batch_in_run_median_s": round(statistics.median(batch), 2),
+        "batch_in_run_max_s": round(max(batch), 2),
+        "run_total_median_s": round(statistics.median(total), 2),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),  # type: ignore[dict-item]
+    }

@@ -1,0 +1,194 @@
+"""The asset graph materialized for real: a temp lake, a real DagsterInstance, the real ib_async client against the
+simulated gateway. Checks values, write-back, exactly-once after a crash, and what the UI gets as metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from dagster_deltalake import LocalConfig
+from dagster_deltalake_polars import DeltaLakePolarsIOManager
+from deltalake import DeltaTable, write_deltalake
+
+from position_pipeline import lake
+from position_pipeline.assets import ib_snapshot, position_queue, position_updates, queued_positions
+from position_pipeline.definitions import defs
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline.queue import PositionQueue, QueueStatus
+from position_pipeline.resources import IBResource, LakeResource
+from position_pipeline.snapshot import position_update_rows, snapshot_results
+
+pytestmark = pytest.mark.timeout(120)
+ASSETS = [position_queue, queued_positions, ib_snapshot, position_updates]
+
+
+@pytest.fixture
+def lake_root(tmp_path: Path) -> str:
+    return str(tmp_path / "lake")
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def resources(lake_root: str, sim: GatewayThread, **ib: object) -> dict[str, object]:
+    return {
+        "ib": IBResource(port=sim.port, request_timeout=2.0, connect_timeout=3.0, **ib),
+        "lake": LakeResource(root_uri=lake_root),
+        "delta_io_manager": DeltaLakePolarsIOManager(
+            root_uri=lake_root, schema=lake.SCHEMA_NAME, mode="append", storage_options=LocalConfig()
+        ),
+        "batch_io_manager": dg.mem_io_manager,
+    }
+
+
+def run_sync(
+    lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance, batch_size: int = 50, **ib: object
+) -> dg.ExecuteInJobResult:
+    return dg.materialize(
+        ASSETS,
+        selection=[queued_positions, ib_snapshot, position_updates],
+        resources=resources(lake_root, sim, **ib),
+        instance=instance,
+        run_config=dg.RunConfig({"queued_positions": {"config": {"batch_size": batch_size}}}),
+        raise_on_error=False,
+    )
+
+
+def enqueue_held(queue: PositionQueue, state: GatewayState, count: int) -> list[str]:
+    holdings = list(state.positions())[:count]
+    return queue.insert_many(
+        [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in holdings]
+    )
+
+
+def updates(lake_root: str) -> pl.DataFrame:
+    return pl.from_arrow(DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())  # type: ignore[return-value]
+
+
+def test_definitions_load_and_resolve() -> None:
+    assert defs.resolve_job_def("position_sync") is not None
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"position_queue", "queued_positions", "ib_snapshot", "position_updates"}
+    assert defs.resolve_sensor_def("position_sync_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_a_batch_is_written_once_with_the_simulators_values(
+    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    ids = enqueue_held(queue, sim_state, 40)
+    unknown = queue.insert(99_999_999, "NOPE")
+
+    result = run_sync(lake_root, sim, instance)
+    assert result.success
+
+    rows = updates(lake_root)
+    assert sorted(rows["request_id"].to_list()) == sorted(ids)
+    for row in rows.iter_rows(named=True):
+        holding = sim_state.holding(row["account"], row["conid"])
+        assert holding is not None
+        value = sim_state.valuation(holding)
+        c = holding.contract
+        assert (row["position"], row["average_cost"]) == (holding.quantity, holding.average_cost)
+        assert (row["market_price"], row["market_value"]) == (value.market_price, value.market_value)
+        assert (row["unrealized_pnl"], row["realized_pnl"]) == (value.unrealized_pnl, value.realized_pnl)
+        assert row["sec_type"] == c.sec_type and row["symbol"] == c.symbol
+        if c.sec_type == "STK":
+            assert (row["right"], row["strike"], row["expiry"]) == (None, None, None)
+        if c.sec_type == "OPT":
+            assert (row["right"], row["strike"], row["expiry"], row["multiplier"]) == (
+                c.right,
+                c.strike,
+                c.expiry,
+                100.0,
+            )
+        assert row["snapshot_at"].tzinfo is not None and row["queued_at"].tzinfo is not None
+        assert row["run_id"] == result.run_id
+
+    statuses = dict(queue.read().select("request_id", "status").iter_rows())
+    assert {statuses[i] for i in ids} == {QueueStatus.SUCCESS}
+    assert statuses[unknown] == QueueStatus.FAILED
+    failed = queue.read().filter(pl.col("request_id") == unknown).row(0, named=True)
+    assert "not held" in failed["error_message"] and failed["attempts"] == 1
+
+    materialization = result.asset_materializations_for_node("position_updates")[0]
+    metadata = materialization.metadata
+    assert metadata["claimed"].value == 41
+    assert metadata["succeeded"].value == 40 and metadata["failed"].value == 1
+    assert metadata["table_version"].value == DeltaTable(lake.table_uri(lake_root, "position_updates")).version()
+    assert "batch_seconds" in metadata and "preview" in metadata
+    writeback = [
+        e.event_specific_data.materialization  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.is_step_materialization and e.asset_key == dg.AssetKey("position_queue")
+    ]
+    assert writeback[0].metadata["marked_success"].value == 40
+    assert writeback[0].metadata["marked_failed"].value == 1
+
+    requests = sim.requests()
+    assert not any(r.is_order or r.is_market_data for r in requests)
+
+
+def test_one_commit_per_batch_and_partitioned_by_date(
+    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    enqueue_held(queue, sim_state, 30)
+    assert run_sync(lake_root, sim, instance, batch_size=10).success
+    assert run_sync(lake_root, sim, instance, batch_size=10).success
+    table = DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE))
+    writes = [h for h in table.history() if h["operation"] == "WRITE"]
+    assert len(writes) == 2  # one append per batch, never one per item
+    assert table.metadata().partition_columns == ["snapshot_date"]
+    assert updates(lake_root).height == 20
+
+
+def test_gateway_down_fails_the_run_with_what_to_do_and_loses_nothing(
+    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    ids = enqueue_held(queue, sim_state, 5)
+    sim.call(lambda gw: gw.go_down(30))
+    result = run_sync(lake_root, sim, instance)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert f"127.0.0.1:{sim.port}" in message and "refused" in message
+    statuses = queue.read().filter(pl.col("request_id").is_in(ids))
+    assert set(statuses["status"].to_list()) == {QueueStatus.PENDING}  # released, not lost, not failed
+    assert set(statuses["attempts"].to_list()) == {0}
+
+
+def test_a_crash_after_the_append_never_writes_a_second_row(
+    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    """Simulates a worker killed between the IO manager's append and the write-back, then the retry."""
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    ids = enqueue_held(queue, sim_state, 6)
+    first = queue.claim(2, 50, claimed_by="dead-run")
+    resource = IBResource(port=sim.port)
+    snapshot = resource.read_snapshot(first["conid"].to_list(), "dead-run")
+    rows = position_update_rows(snapshot_results(first, snapshot, snapshot.managed_accounts), "dead-run")
+    write_deltalake(lake.ensure_position_updates_table(lake_root), rows.to_arrow(), mode="append")
+    assert queue.release_runs(["dead-run"]) == 6  # what the sensor does once Dagster reports the run finished
+
+    result = run_sync(lake_root, sim, instance)
+    assert result.success
+    table = updates(lake_root)
+    assert table.height == 6 and sorted(table["request_id"].to_list()) == sorted(ids)
+    assert set(table["run_id"].to_list()) == {"dead-run"}
+    assert set(queue.read()["status"].to_list()) == {QueueStatus.SUCCESS}
+
+
+def test_an_empty_queue_makes_an_empty_run_without_touching_ib(
+    lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance
+) -> None:
+    result = run_sync(lake_root, sim, instance)
+    assert result.success
+    assert not [r for r in sim.requests() if r.name == "START_API"]
