@@ -1,17 +1,54 @@
-"""The position-pipeline command. Subcommands import what they need when they run, so `--help` stays fast."""
+"""The position-pipeline command. Subcommands import what they need when they run, so `--help` stays fast.
+
+Exit codes: 0 success, 1 refused input or a failure reading or writing the lake (message on stderr, nothing written
+by a refused command), 2 usage errors (argparse's convention).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .queue import PositionQueue, QueueInputError
+
+PROG = "position-pipeline"
+LAKE_ENV = "POSITION_LAKE_URI"
+_PROBLEMS_SHOWN = 20
+_ITEM_OPTIONS = ("conid", "symbol", "priority", "account")
+
+_LAKE_HELP = (
+    "lake root: a folder or an object-store URI such as s3://bucket/lake; the queue is its positions/position_queue "
+    f"table (default: ${LAKE_ENV}, else .lake in the current directory)"
+)
+
+_ENQUEUE_EPILOG = """\
+examples:
+  position-pipeline enqueue --conid 265598 --symbol AAPL
+  position-pipeline enqueue --conid 265598 --symbol AAPL --priority 1 --account DU1000001
+  position-pipeline enqueue --from-file items.csv
+
+A CSV file has a header naming its columns: conid,symbol and optionally priority and account, e.g.
+  conid,symbol,priority,account
+  265598,AAPL,1,DU1000001
+  272093,MSFT,,
+An empty priority means 2 (monitoring), an empty account any configured account. Every row is checked before
+anything is written: one invalid row and nothing is queued (exit 1, the row, line and field named on stderr).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import demo as demo_module
     from .ib_gateway_sim import cli as simulator_cli
 
     parser = argparse.ArgumentParser(
-        prog="position-pipeline",
+        prog=PROG,
         description="Keep a trading desk's record of brokerage positions current in Delta Lake.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -22,9 +59,288 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulator_cli.add_arguments(simulate)
     simulate.set_defaults(handler=simulator_cli.run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on the simulated gateway: gateway, dagster dev with the sensor, a producer",
+        description=(
+            "Start the simulated IB Gateway (IB_PORT, default 4002), `dagster dev` with this code location and its "
+            "sensor on (DAGSTER_HOME, default ./.dagster_home; lake POSITION_LAKE_URI, default ./.lake) and a "
+            "producer; print the UI address. Ctrl-C stops everything it started."
+        ),
+    )
+    demo_module.add_arguments(demo)
+    demo.set_defaults(handler=demo_module.run)
+
+    # Shared by every command that touches the queue.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--lake", metavar="URI", type=_lake_root, help=_LAKE_HELP)
+    common.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+
+    enqueue = commands.add_parser(
+        "enqueue",
+        parents=[common],
+        help="queue position refreshes: one contract, or every row of a CSV file",
+        description="Queue position refresh requests in the lake's position queue, in one commit.",
+        epilog=_ENQUEUE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    one = enqueue.add_argument_group("one contract (--conid and --symbol)")
+    one.add_argument("--conid", metavar="ID", help="IB contract id, a positive integer (e.g. 265598)")
+    one.add_argument("--symbol", help="the contract's symbol (e.g. AAPL)")
+    one.add_argument(
+        "--priority",
+        metavar="N",
+        help="1 or active: refreshed first; 2 or monitoring (default: 2)",
+    )
+    one.add_argument(
+        "--account",
+        metavar="ACCOUNT",
+        help="IB account to read it from (e.g. DU1000001; default: any configured account)",
+    )
+    many = enqueue.add_argument_group("many contracts (instead of --conid/--symbol)")
+    many.add_argument(
+        "--from-file",
+        metavar="CSV",
+        help="CSV file with header conid,symbol[,priority][,account]; all rows in one commit, or none",
+    )
+    enqueue.set_defaults(handler=_enqueue, usage_error=enqueue.error)
+
+    queue = commands.add_parser(
+        "queue",
+        help="inspect the position queue or adopt the original design's queue table",
+        description="Inspect the lake's position queue, or adopt a queue table in the original design's format.",
+    )
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="QUEUE_COMMAND")
+    import_ = queue_commands.add_parser(
+        "import",
+        parents=[common],
+        help="adopt the items of an original-format queue table (idempotent)",
+        description=(
+            "Adopt every item of a queue table in the original design's format (a Delta table with ISO-8601 "
+            "string timestamps, naive ones read as UTC) into the lake's position queue, in one commit. Items "
+            "already adopted are skipped, so importing twice adds nothing; PROCESSING items come back PENDING. "
+            "Every row is checked first: one invalid row and nothing is adopted (exit 1)."
+        ),
+    )
+    import_.add_argument("path", metavar="PATH", help="the original queue table: a folder or an object-store URI")
+    import_.set_defaults(handler=_queue_import)
+    counts = queue_commands.add_parser(
+        "counts",
+        parents=[common],
+        help="print how many items the queue holds in each status",
+        description="Print how many items the lake's position queue holds in each status. Reads only.",
+    )
+    counts.set_defaults(handler=_queue_counts)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     sys.exit(args.handler(args))
+
+
+# Arguments
+
+
+def _lake_root(text: str) -> str:
+    """--lake: non-empty; a local folder is made absolute so the printed table URI says where it really is."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text if "://" in text else os.path.abspath(text)
+
+
+def _queue_uri(args: argparse.Namespace) -> str:
+    from . import lake
+
+    root = args.lake if args.lake is not None else lake.lake_root()
+    return lake.table_uri(root, lake.QUEUE_TABLE)
+
+
+def _open_queue(args: argparse.Namespace) -> PositionQueue:
+    from .queue import PositionQueue
+
+    return PositionQueue(_queue_uri(args))
+
+
+# Commands
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        combined = [f"--{name}" for name in _ITEM_OPTIONS if getattr(args, name) is not None]
+        if combined:
+            args.usage_error(f"--from-file cannot be combined with {', '.join(combined)} (the file gives them per row)")
+        return _guarded("enqueue", lambda: _enqueue_file(args), source=args.from_file)
+    missing = [f"--{name}" for name in ("conid", "symbol") if getattr(args, name) is None]
+    if missing:
+        args.usage_error(f"{' and '.join(missing)} required: give --conid and --symbol, or --from-file")
+    return _guarded("enqueue", lambda: _enqueue_one(args))
+
+
+def _enqueue_one(args: argparse.Namespace) -> int:
+    problems: list[tuple[str, str]] = []
+    conid = _integer_option("conid", args.conid, problems)
+    priority = _priority_option(args.priority, problems)
+    if problems or conid is None or priority is None:
+        raise _input_error(problems)
+    queue = _open_queue(args)
+    request_id = queue.insert(conid, args.symbol, priority, account=args.account)
+    if args.json:
+        _print_json({"request_id": request_id, "table": queue.table_uri})
+    else:
+        what = f"conid {conid} {args.symbol.strip()}, priority {priority}"
+        what += f", account {args.account}" if args.account is not None else ""
+        print(f"Enqueued request {request_id} ({what}) in {queue.table_uri}")
+    return 0
+
+
+def _enqueue_file(args: argparse.Namespace) -> int:
+    path = args.from_file
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    queue = _open_queue(args)
+    started = time.monotonic()
+    try:
+        request_ids = queue.enqueue_csv(path)
+    except UnicodeDecodeError as exc:
+        raise _CommandError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); nothing written") from exc
+    except csv.Error as exc:
+        raise _CommandError(f"{path} is not a readable CSV file ({exc}); nothing written") from exc
+    elapsed = time.monotonic() - started
+    if args.json:
+        _print_json({"enqueued": len(request_ids), "request_ids": request_ids, "table": queue.table_uri})
+    else:
+        print(f"Enqueued {_items(len(request_ids))} from {path} in {queue.table_uri} ({elapsed:.1f} s)")
+    return 0
+
+
+def _queue_import(args: argparse.Namespace) -> int:
+    return _guarded("queue import", lambda: _import_legacy(args), source=args.path)
+
+
+def _import_legacy(args: argparse.Namespace) -> int:
+    import polars as pl
+    from deltalake import DeltaTable
+
+    source = args.path
+    if not DeltaTable.is_deltatable(source):
+        raise _CommandError(f"{source} is not a Delta table (no _delta_log found)")
+    queue = _open_queue(args)
+    adopted = queue.import_legacy(source)
+    total = int(pl.scan_delta(source).select(pl.len()).collect().item())
+    already = max(total - adopted, 0)
+    if args.json:
+        _print_json({"adopted": adopted, "already_present": already, "source": source, "table": queue.table_uri})
+    else:
+        were = "was" if already == 1 else "were"
+        print(f"Adopted {_items(adopted)} from {source} into {queue.table_uri}; {already} {were} already there")
+    return 0
+
+
+def _queue_counts(args: argparse.Namespace) -> int:
+    return _guarded("queue counts", lambda: _print_counts(args))
+
+
+def _print_counts(args: argparse.Namespace) -> int:
+    from deltalake import DeltaTable
+
+    from .queue import QueueStatus
+
+    uri = _queue_uri(args)
+    exists = DeltaTable.is_deltatable(uri)
+    # A missing table holds nothing; counting must not create it (the queue would on first use).
+    counts = _open_queue(args).counts() if exists else dict.fromkeys(QueueStatus, 0)
+    by_name = {str(status): int(n) for status, n in counts.items()}
+    total = sum(by_name.values())
+    if args.json:
+        _print_json({"table": uri, "exists": exists, "counts": by_name, "total": total})
+        return 0
+    print(f"Position queue {uri}" + ("" if exists else " (no table yet)"))
+    width = max(len(name) for name in [*by_name, "total"])
+    for name, n in [*by_name.items(), ("total", total)]:
+        print(f"  {name:<{width}}  {n:>9,}")
+    return 0
+
+
+# Errors and output
+
+
+class _CommandError(Exception):
+    """A failure the command explains in one line (exit 1)."""
+
+
+def _guarded(command: str, action: Callable[[], int], source: str | None = None) -> int:
+    """Run a command, turning refused input and lake failures into a message on stderr and exit code 1."""
+    from deltalake.exceptions import DeltaError
+
+    from .queue import QueueInputError
+
+    try:
+        return action()
+    except QueueInputError as exc:
+        _print_problems(command, exc, source)
+    except (_CommandError, DeltaError, OSError, ValueError) as exc:
+        print(f"{PROG} {command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROG} {command}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+def _print_problems(command: str, exc: QueueInputError, source: str | None) -> None:
+    """Every refused field on its own line; an option's problem names the option, a file's its row and line."""
+    where = f" in {source}" if source else ""
+    lines = [f"{PROG} {command}: invalid input{where}, nothing written:"]
+    for problem in exc.problems[:_PROBLEMS_SHOWN]:
+        if source is None and problem.field in _ITEM_OPTIONS:
+            lines.append(f"  --{problem.field}: {problem.problem}")
+        else:
+            lines.append(f"  {problem}")
+    if len(exc.problems) > _PROBLEMS_SHOWN:
+        lines.append(f"  ... and {len(exc.problems) - _PROBLEMS_SHOWN} more")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _integer_option(field: str, text: str, problems: list[tuple[str, str]]) -> int | None:
+    """An option's integer, or None with the problem recorded; range checks are the queue's."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        problems.append((field, f"must be an integer, got {text!r}"))
+        return None
+
+
+def _priority_option(text: str | None, problems: list[tuple[str, str]]) -> int | None:
+    """1, 2, or a Priority name (active, monitoring); None means monitoring. The queue refuses other numbers."""
+    from .queue import Priority
+
+    if text is None:
+        return int(Priority.MONITORING)
+    name = text.strip().upper()
+    if name in Priority.__members__:
+        return int(Priority[name])
+    try:
+        return int(text.strip())
+    except ValueError:
+        names = " or ".join(f"{int(p)} ({p.name.lower()})" for p in Priority)
+        problems.append(("priority", f"must be {names}, got {text!r}"))
+        return None
+
+
+def _input_error(problems: Sequence[tuple[str, str]]) -> QueueInputError:
+    """The queue's own error for options refused before the queue sees them (one item: row 0)."""
+    from .queue import InputProblem, QueueInputError
+
+    return QueueInputError([InputProblem(0, field, problem) for field, problem in problems])
+
+
+def _items(n: int) -> str:
+    return f"{n:,} item" + ("" if n == 1 else "s")
+
+
+def _print_json(value: dict[str, Any]) -> None:
+    print(json.dumps(value, indent=None, sort_keys=False))
