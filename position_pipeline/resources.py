@@ -35,12 +35,20 @@ class IBResource(dg.ConfigurableResource):
     accounts: str = Field(
         default="", description="Comma-separated accounts to read (IB_ACCOUNTS); empty: every managed account."
     )
-    connect_timeout: float = Field(default=10.0, description="Seconds to wait for the API handshake.")
-    request_timeout: float = Field(
-        default=30.0, description="Seconds to wait for each read (positions, one account's portfolio)."
+    connect_timeout: int = Field(
+        default=10,
+        description="Seconds for the handshake and the position read ib_async makes at connect (IB_CONNECT_TIMEOUT).",
+    )
+    request_timeout: int = Field(
+        default=30, description="Seconds for each account's portfolio download (IB_REQUEST_TIMEOUT)."
     )
 
     def settings(self) -> IBSettings:
+        for name in ("port", "client_id_span", "connect_timeout", "request_timeout"):
+            if getattr(self, name) < 1:
+                raise dg.DagsterInvalidConfigError(
+                    f"IBResource.{name} must be at least 1, got {getattr(self, name)}", [], None
+                )
         return IBSettings(
             host=self.host,
             port=self.port,
@@ -82,6 +90,8 @@ def ib_resource() -> IBResource:
         client_id=_env_or("IB_CLIENT_ID", 100, int),
         client_id_span=_env_or("IB_CLIENT_ID_SPAN", 100, int),
         accounts=_env_or("IB_ACCOUNTS", ""),
+        connect_timeout=_env_or("IB_CONNECT_TIMEOUT", 10, int),
+        request_timeout=_env_or("IB_REQUEST_TIMEOUT", 30, int),
     )
 
 
