@@ -589,3 +589,39 @@ def test_a_drop_mid_position_stream_is_a_disconnect_naming_the_client_id(sim: Ga
     assert elapsed < 2.0
     assert_no_client_left(sim)
     assert read_snapshot(settings, {NOT_HELD}, "mid-stream").positions == []  # the fault was one stream only
+
+
+def test_a_pacing_violation_is_a_timeout_that_reports_error_100(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    sim.set_faults(pacing_limit=2)  # startApi and the connect-time reqPositions pass; the rest is refused
+    settings = settings_for(sim, request_timeout=1.0)
+    error, _ = expect_error(IBTimeout, settings, {h.contract.conid for h in state.positions()}, "paced")
+    assert "100 Max rate of messages per second has been exceeded" in str(error)
+    sim.set_faults(pacing_limit=50)
+    assert_no_client_left(sim)
+
+
+def test_notices_during_a_read_do_not_fail_it(sim: GatewayThread) -> None:
+    """1100 holds the replies, 2110 is informational, 1102 delivers what was held: the read still completes."""
+    state = state_of(sim)
+    settings = settings_for(sim, connect_timeout=5.0)
+    wanted = held_only_by(state, state.accounts[0])
+    client_id = client_id_for("notices", settings)
+    sim.call(lambda gw: gw.connectivity_lost())  # the connect-time position read will be held
+
+    def interfere() -> None:
+        wait_until(lambda: any(r.name == "REQ_POSITIONS" for r in requests_of(sim, client_id)), 8.0)
+        sim.call(lambda gw: gw.connectivity_lost())  # now the reader is connected and hears it
+        sim.call(lambda gw: gw.send_error(2110))
+        time.sleep(0.3)
+        sim.call(lambda gw: gw.connectivity_restored())
+
+    helper = threading.Thread(target=interfere, daemon=True)
+    helper.start()
+    snapshot = read_snapshot(settings, wanted, "notices")
+    helper.join(10)
+    assert {p.conid for p in snapshot.positions} == wanted
+    assert all(p.market_value is not None for p in snapshot.positions)
+    codes = [code for _, code, _ in snapshot.notices]
+    assert codes.index(1100) < codes.index(2110) < codes.index(1102)
+    assert_no_client_left(sim)
