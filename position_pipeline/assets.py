@@ -31,7 +31,9 @@ class SyncConfig(dg.Config):
     """What one run claims. The sensor uses the defaults; backfills and manual runs may claim more."""
 
     batch_size: int = Field(default=50, ge=1, description="Items claimed per run.")
-    priority: int = Field(default=2, description="Queue priority to claim: 1 active, 2 monitoring.")
+    priority: int | None = Field(
+        default=None, description="Queue priority to claim: 1 active, 2 monitoring; None: any, priority 1 first."
+    )
     max_attempts: int = Field(default=3, ge=1, description="Item-level failures after which an item stays FAILED.")
 
 
@@ -60,7 +62,7 @@ def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake
     batch = lake.queue().claim(
         config.priority, config.batch_size, claimed_by=context.run_id, max_attempts=config.max_attempts
     )
-    context.log.info(f"run {context.run_id} claimed {batch.height} items of priority {config.priority}")
+    context.log.info(f"run {context.run_id} claimed {batch.height} items (priority {config.priority or 'any'})")
     return dg.Output(
         batch,
         metadata={
@@ -139,7 +141,20 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
         context.log.warning(f"{len(written_before)} items were written by an earlier run that died; not again")
         rows = rows.filter(~pl.col("request_id").is_in(list(written_before)))
     succeeded = rows["request_id"].to_list() + sorted(written_before)
+    failed = {request_id: error for request_id, error in failed.items() if request_id not in written_before}
     claimed_at: datetime | None = ib_snapshot["claimed_at"].min() if ib_snapshot.height else None  # type: ignore[assignment]
+    queue = lake.queue()
+    if ib_snapshot.height:
+        # A run reported finished while its worker lives on (forced termination, max runtime) lost its claims:
+        # the items may be another run's now, so write nothing for them.
+        held = queue.held_by(ib_snapshot["request_id"].to_list(), run_id)
+        lost = set(ib_snapshot["request_id"].to_list()) - held
+        if lost:
+            raise dg.Failure(
+                description=f"{len(lost)} of {ib_snapshot.height} items are no longer claimed by this run (it was "
+                f"reported finished and they were given back): nothing written, they are processed by another run",
+                metadata={"lost_claims": len(lost)},
+            )
     version_before = _table_version(uri)
     yield dg.Output(
         rows,
@@ -154,10 +169,11 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
         },
     )
     # The IO manager has committed the append at this point: only now is it safe to mark the items done.
-    queue = lake.queue()
     marked = queue.mark_success(succeeded, claimed_by=run_id) if succeeded else 0
     marked_failed = queue.mark_failed_many(failed, claimed_by=run_id) if failed else 0
     version_after = _table_version(uri)
+    if version_after != version_before + 1:
+        context.log.warning(f"another writer committed to position_updates meanwhile: now at version {version_after}")
     context.log.info(
         f"batch of {ib_snapshot.height}: {rows.height} rows appended (position_updates version {version_after}), "
         f"{marked} marked SUCCESS, {marked_failed} marked FAILED"
@@ -175,6 +191,12 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
             ),
         },
     )
+    if marked + marked_failed < ib_snapshot.height:
+        raise dg.Failure(
+            description=f"only {marked + marked_failed} of {ib_snapshot.height} items could be written back: the "
+            f"others were taken from this run meanwhile; check position_updates for request_ids written twice",
+            metadata={"marked_success": marked, "marked_failed": marked_failed},
+        )
 
 
 def _already_written(lake: LakeResource, results: pl.DataFrame) -> set[str]:

@@ -79,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
                 if dagster.poll() is not None:
                     print(f"dagster dev exited with {dagster.returncode}", flush=True)
                     return 1
-        return 0
+            return 0
+        if stop.is_set():
+            return 0
+        print(f"demo: the Dagster UI did not come up at {url} (dagster dev exit code {dagster.poll()})", flush=True)
+        return 1
     finally:
         stop.set()
         _stop_process_group(dagster)

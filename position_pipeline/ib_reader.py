@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 CLIENT_ID_IN_USE = 326
 ACCOUNT_UPDATES_REFUSED = 2101  # another client holds account updates for a different account
-CONNECTIVITY_LOST = 1100
 
 
 class IBError(Exception):
@@ -252,6 +251,13 @@ async def _read_portfolio(
     original = wrapper.updateAccountTime
     wrapper.updateAccountTime = lambda timestamp: update_times.__setitem__(account, timestamp)  # type: ignore[method-assign]
     seen = len(notices)
+    items: dict[tuple[str, int], PortfolioItem] = {}
+
+    def keep(item: PortfolioItem) -> None:  # ib.portfolio() drops positions closed today; the event keeps them
+        if item.account == account:
+            items[(item.account, item.contract.conId)] = item
+
+    ib.updatePortfolioEvent += keep
     download = asyncio.ensure_future(ib.reqAccountUpdatesAsync(account))
     refused = asyncio.ensure_future(_until_code(notices, seen, ACCOUNT_UPDATES_REFUSED))
     try:
@@ -275,10 +281,11 @@ async def _read_portfolio(
             raise IBDisconnected(_disconnect_text(settings, client_id, f"reqAccountUpdates({account})")) from exc
     finally:
         refused.cancel()
+        ib.updatePortfolioEvent -= keep
         wrapper.updateAccountTime = original  # type: ignore[method-assign]
         if ib.isConnected():
             ib.client.reqAccountUpdates(False, account)
-    return {(item.account, item.contract.conId): item for item in ib.portfolio(account)}
+    return items
 
 
 def _timeout_text(

@@ -191,8 +191,11 @@ POSITION_UPDATES_SCHEMA = pl.Schema(
 )
 """The `position_updates` table: the appended position history, one row per successfully refreshed item."""
 
-POSITION_UPDATES_NULLABLE = frozenset({"right", "strike", "expiry", "multiplier", "account_update_time"})
-"""What a contract may lack (a stock has no right, strike or expiry): null, never 0, '' or 'CALL'."""
+POSITION_UPDATES_NULLABLE = frozenset(
+    {"right", "strike", "expiry", "multiplier", "account_update_time", "market_price", "realized_pnl"}
+)
+"""What a contract may lack (a stock has no right, strike or expiry): null, never 0, '' or 'CALL'. A position closed
+today for which IB sent no portfolio item has a value of 0 but no known price or realized PnL: null."""
 
 POSITION_UPDATES_PARTITION = "snapshot_date"
 """The physical (Hive) partition column of position_updates: one folder `snapshot_date=YYYY-MM-DD` per UTC day."""

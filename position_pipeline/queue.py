@@ -257,6 +257,25 @@ class PositionQueue:
         found = dict(zip(frame["status"].to_list(), frame["len"].to_list(), strict=True))
         return {status: int(found.get(status.value, 0)) for status in QueueStatus}
 
+    def version(self) -> int:
+        """The table's current Delta version: it changes with every enqueue, claim and mark."""
+        return self._open().version()
+
+    def held_by(self, request_ids: Iterable[str], claimed_by: str) -> set[str]:
+        """Which of these items are still PROCESSING under run `claimed_by` (a run checks before it writes)."""
+        ids = _check_request_ids(list(request_ids))
+        frame = (
+            self._scan(self._open())
+            .filter(
+                pl.col("request_id").is_in(ids)
+                & (pl.col("status") == QueueStatus.PROCESSING.value)
+                & (pl.col("claimed_by") == claimed_by)
+            )
+            .select("request_id")
+            .collect()
+        )
+        return set(frame["request_id"].to_list())
+
     def read(self) -> pl.DataFrame:
         """The whole table in QUEUE_SCHEMA, oldest first; for checks and operators, not for hot paths."""
         return self._scan(self._open()).sort(_QUEUE_ORDER).collect()

@@ -28,8 +28,8 @@ class IBResource(dg.ConfigurableResource):
     )
     client_id: int = Field(
         default=100,
-        description="First client id of this code location's range (IB_CLIENT_ID); each run picks one in the range "
-        "from its run id, so overlapping runs do not collide, and moves on if IB answers 326.",
+        description="First client id of this code location's range (IB_CLIENT_ID, at least 1: TWS binds manual "
+        "orders to id 0); each run picks one in the range from its run id and moves on if IB answers 326.",
     )
     client_id_span: int = Field(default=100, description="How many client ids the range holds (IB_CLIENT_ID_SPAN).")
     accounts: str = Field(
@@ -44,7 +44,7 @@ class IBResource(dg.ConfigurableResource):
     )
 
     def settings(self) -> IBSettings:
-        for name in ("port", "client_id_span", "connect_timeout", "request_timeout"):
+        for name in ("port", "client_id", "client_id_span", "connect_timeout", "request_timeout"):
             if getattr(self, name) < 1:
                 raise dg.DagsterInvalidConfigError(
                     f"IBResource.{name} must be at least 1, got {getattr(self, name)}", [], None
@@ -77,8 +77,8 @@ class LakeResource(dg.ConfigurableResource):
 
 
 def _env_or(name: str, default: Any, kind: type = str) -> Any:
-    """`dg.EnvVar(name)` when the variable is set, else the default: Dagster has no EnvVar default."""
-    if name not in os.environ:
+    """`dg.EnvVar(name)` when the variable is set (and not blank), else the default: Dagster has no EnvVar default."""
+    if not os.environ.get(name, "").strip():
         return default
     return dg.EnvVar.int(name) if kind is int else dg.EnvVar(name)
 

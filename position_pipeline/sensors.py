@@ -1,20 +1,24 @@
 """The 5-second sensor that keeps position_updates current while producers enqueue."""
 
 import json
+import time
 
 import dagster as dg
 
-from .jobs import SYNC_JOB_NAME, position_sync_job
+from .jobs import MAX_RUNTIME_SECONDS, SYNC_JOB_NAME, position_sync_job
 from .queue import PositionQueue
 from .resources import LakeResource
 
 INTERVAL_SECONDS = 5
+BACKOFF_SECONDS = 10
+MAX_BACKOFF_SECONDS = 300
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+_FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 @dg.sensor(
@@ -23,26 +27,54 @@ _ACTIVE = [
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Every 5 s: gives back the claims of sync runs that ended without writing back, then requests one sync run "
-        "when the queue has claimable items and no sync run is queued or in progress."
+        "when the queue has claimable items (any priority, 1 first) and no sync run is queued or in progress. "
+        "After failed sync runs it waits 10 s, 20 s, 40 s ... (at most 5 min) before trying again."
     ),
 )
 def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
     queue = lake.queue()
     released = _release_claims_of_finished_runs(context, queue)
+    note = f" (gave back {released} items of finished runs)" if released else ""
     active = context.instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME, statuses=_ACTIVE), limit=1)
     if active:
         run = active[0].dagster_run
-        return dg.SkipReason(f"sync run {run.run_id} is {run.status.value}; one sync run at a time")
-    claimable = queue.claimable_count()
+        age = time.time() - (active[0].start_time or active[0].create_timestamp.timestamp())
+        return dg.SkipReason(
+            f"sync run {run.run_id} is {run.status.value} since {age:.0f} s; one sync run at a time. If it is stuck, "
+            f"terminate it in the UI (run monitoring fails it after {MAX_RUNTIME_SECONDS} s){note}"
+        )
+    wait = _backoff_after_failures(context)
+    if wait:
+        return dg.SkipReason(wait + note)
+    claimable = queue.claimable_count(priority=None)
     if claimable == 0:
-        note = f"; released {released} items of finished runs" if released else ""
         return dg.SkipReason(f"no claimable items in the queue{note}")
     tick = json.loads(context.cursor or "{}").get("tick", 0) + 1
+    # The tick makes a replayed evaluation reuse its key; the queue version keeps keys new after a cursor reset.
+    run_key = f"sync-{tick}-v{queue.version()}"
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(run_key=f"sync-{tick}", tags={"claimable_at_request": str(claimable)}),
-        ],
+        run_requests=[dg.RunRequest(run_key=run_key, tags={"claimable_at_request": str(claimable)})],
         cursor=json.dumps({"tick": tick}),
+    )
+
+
+def _backoff_after_failures(context: dg.SensorEvaluationContext) -> str | None:
+    """Consecutive failed sync runs (IB down, bad config) push the next try out exponentially, up to 5 minutes."""
+    recent = context.instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME, statuses=_FINISHED), limit=10)
+    failures = 0
+    for record in recent:  # newest first
+        if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+            break
+        failures += 1
+    if not failures or recent[0].end_time is None:
+        return None
+    delay = min(BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+    retry_at = recent[0].end_time + delay
+    if time.time() >= retry_at:
+        return None
+    return (
+        f"the last {failures} sync run(s) failed (latest {recent[0].dagster_run.run_id}: see its error in the UI); "
+        f"next try in {retry_at - time.time():.0f} s"
     )
 
 

@@ -69,12 +69,14 @@ def _why_not(
     if len(candidates) > 1:
         held_in = ", ".join(p.account for p in candidates)
         return f"held in several accounts ({held_in}): enqueue the item with the account it is for"
-    if candidates[0].market_value is None:
+    if candidates[0].market_value is None and candidates[0].position != 0:
         return f"IB sent no portfolio values for conid {conid} in {candidates[0].account} (reqAccountUpdates)"
     return None
 
 
 def _values(p: HeldPosition) -> dict[str, object]:
+    """A position closed today (quantity 0) has no portfolio item in ib_async: its value is 0, its price unknown."""
+    closed = p.position == 0 and p.market_value is None
     has_expiry = p.sec_type in ("OPT", "FOP", "FUT", "WAR")
     return {
         "account": p.account,
@@ -89,8 +91,8 @@ def _values(p: HeldPosition) -> dict[str, object]:
         "position": p.position,
         "average_cost": p.average_cost,
         "market_price": p.market_price,
-        "market_value": p.market_value,
-        "unrealized_pnl": p.unrealized_pnl,
+        "market_value": 0.0 if closed else p.market_value,
+        "unrealized_pnl": 0.0 if closed else p.unrealized_pnl,
         "realized_pnl": p.realized_pnl,
         "account_update_time": p.account_update_time,
     }

@@ -124,9 +124,13 @@ def test_position_updates_schema() -> None:
     # Every history column comes from a snapshot result, except what the position_updates step stamps.
     shared = [n for n in schema.names() if n not in ("run_id", "snapshot_date")]
     assert all(lake.SNAPSHOT_RESULTS_SCHEMA[n] == schema[n] for n in shared)
-    assert sorted(lake.POSITION_UPDATES_NULLABLE) == ["account_update_time", "expiry", "multiplier", "right", "strike"]
+    assert sorted(lake.POSITION_UPDATES_NULLABLE) == [
+        "account_update_time", "expiry", "market_price", "multiplier", "realized_pnl", "right", "strike",
+    ]  # fmt: skip
     arrow = lake.POSITION_UPDATES_ARROW_SCHEMA
-    assert [f.name for f in arrow if f.nullable] == ["right", "strike", "expiry", "multiplier", "account_update_time"]
+    assert [f.name for f in arrow if f.nullable] == [
+        "right", "strike", "expiry", "multiplier", "market_price", "realized_pnl", "account_update_time",
+    ]  # fmt: skip
     assert arrow.field("request_id").type == pa.string()
 
 
@@ -174,12 +178,8 @@ def test_ensure_creates_the_partitioned_table_once(tmp_path: Path) -> None:
     assert dt.metadata().name == "position_updates"
     fields = {f.name: f for f in dt.schema().fields}
     assert [n for n, f in fields.items() if f.nullable] == [
-        "right",
-        "strike",
-        "expiry",
-        "multiplier",
-        "account_update_time",
-    ]
+        "right", "strike", "expiry", "multiplier", "market_price", "realized_pnl", "account_update_time",
+    ]  # fmt: skip
     assert fields["snapshot_at"].type.type == "timestamp" and fields["snapshot_date"].type.type == "date"
     assert pl.scan_delta(uri).collect_schema() == lake.POSITION_UPDATES_SCHEMA
 

@@ -192,3 +192,27 @@ def test_an_empty_queue_makes_an_empty_run_without_touching_ib(
     result = run_sync(lake_root, sim, instance)
     assert result.success
     assert not [r for r in sim.requests() if r.name == "START_API"]
+
+
+def test_a_position_closed_today_is_a_row_with_quantity_zero(
+    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    holding = next(h for h in sim_state.positions() if h.contract.sec_type == "STK")
+    sim.call(lambda gw: gw.close_position(holding.account, holding.contract.conid))
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    request_id = queue.insert(holding.contract.conid, holding.contract.symbol, account=holding.account)
+    assert run_sync(lake_root, sim, instance).success
+    row = updates(lake_root).row(0, named=True)
+    assert (row["request_id"], row["position"], row["market_value"]) == (request_id, 0.0, 0.0)
+
+
+def test_a_run_that_lost_its_claims_writes_nothing(lake_root: str) -> None:
+    """What position_updates checks before its append: the claim is still this run's."""
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    ids = queue.insert_many([(265598, "AAPL"), (101000, "MSFT")])
+    queue.claim(None, 10, claimed_by="run-a")
+    assert queue.held_by(ids, "run-a") == set(ids)
+    queue.release_runs(["run-a"])  # the sensor, after Dagster reported run-a finished
+    queue.claim(None, 10, claimed_by="run-b")
+    assert queue.held_by(ids, "run-a") == set()
+    assert queue.held_by(ids, "run-b") == set(ids)

@@ -52,16 +52,41 @@ def test_skips_with_a_reason_when_the_queue_is_empty(instance: dg.DagsterInstanc
 
 def test_requests_one_run_with_a_new_run_key_and_cursor(instance: dg.DagsterInstance, lake_root: str) -> None:
     PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
+    version = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).version()
     first = evaluate(instance, lake_root)
     assert isinstance(first, dg.SensorResult)
-    assert [r.run_key for r in first.run_requests or []] == ["sync-1"]
+    assert [r.run_key for r in first.run_requests or []] == [f"sync-1-v{version}"]
     assert json.loads(first.cursor or "") == {"tick": 1}
     second = evaluate(instance, lake_root, cursor=first.cursor)
     assert isinstance(second, dg.SensorResult)
-    assert [r.run_key for r in second.run_requests or []] == ["sync-2"]
+    assert [r.run_key for r in second.run_requests or []] == [f"sync-2-v{version}"]
     replay = evaluate(instance, lake_root, cursor=first.cursor)  # a tick evaluated again gets the same key
     assert isinstance(replay, dg.SensorResult)
-    assert [r.run_key for r in replay.run_requests or []] == ["sync-2"]
+    assert [r.run_key for r in replay.run_requests or []] == [f"sync-2-v{version}"]
+
+
+def test_a_reset_cursor_does_not_reuse_old_run_keys(instance: dg.DagsterInstance, lake_root: str) -> None:
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue.insert(265598, "AAPL")
+    before = evaluate(instance, lake_root)
+    queue.insert(101000, "MSFT")  # the queue moved on: any later run key differs, whatever the cursor says
+    after_reset = evaluate(instance, lake_root, cursor=None)
+    assert isinstance(before, dg.SensorResult) and isinstance(after_reset, dg.SensorResult)
+    assert before.run_requests[0].run_key != after_reset.run_requests[0].run_key  # type: ignore[index]
+
+
+def test_priority_1_items_are_picked_up(instance: dg.DagsterInstance, lake_root: str) -> None:
+    PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL", priority=1)
+    assert isinstance(evaluate(instance, lake_root), dg.SensorResult)
+
+
+def test_backs_off_after_failed_sync_runs(instance: dg.DagsterInstance, lake_root: str) -> None:
+    PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
+    run_id = add_run(instance, dg.DagsterRunStatus.NOT_STARTED)
+    instance.report_run_failed(instance.get_run_by_id(run_id))  # type: ignore[arg-type]
+    result = evaluate(instance, lake_root)
+    assert isinstance(result, dg.SkipReason)
+    assert "the last 1 sync run(s) failed" in (result.skip_message or "") and run_id in (result.skip_message or "")
 
 
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED])
