@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .queue import PositionQueue, QueueInputError
 
 PROG = "position-pipeline"
-LAKE_ENV = "POSITION_LAKE_URI"
+LAKE_ENV = "POSITION_LAKE_URI"  # = lake.LAKE_URI_VARIABLE; not imported: lake pulls in polars, --help must stay fast
 _PROBLEMS_SHOWN = 20
 _ITEM_OPTIONS = ("conid", "symbol", "priority", "account")
 

@@ -508,3 +508,9 @@ def test_help_is_fast_because_nothing_heavy_is_imported() -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "[]"
+
+
+def test_the_cli_names_the_same_lake_variable_as_the_lake_module() -> None:
+    from position_pipeline import cli, lake
+
+    assert cli.LAKE_ENV == lake.LAKE_URI_VARIABLE
