@@ -45,6 +45,7 @@ anything is written: one invalid row and nothing is queued (exit 1, the row, lin
 
 def build_parser() -> argparse.ArgumentParser:
     from . import demo as demo_module
+    from . import status as status_module
     from .ib_gateway_sim import cli as simulator_cli
 
     parser = argparse.ArgumentParser(
@@ -71,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=demo_module.run)
+
+    status = commands.add_parser(
+        "status",
+        help="queue depth, oldest pending item, failures, claims per run, last batch, table versions",
+        description="What an operator checks first: the queue by status and priority, the age of the oldest "
+        "pending and claimable items, failed items by attempts, claims per run, the last batch written, and the "
+        "versions and file counts of both tables. --json for machines.",
+    )
+    status_module.add_arguments(status)
+    status.set_defaults(handler=status_module.run)
 
     # Shared by every command that touches the queue.
     common = argparse.ArgumentParser(add_help=False)
