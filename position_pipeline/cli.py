@@ -45,6 +45,7 @@ anything is written: one invalid row and nothing is queued (exit 1, the row, lin
 
 def build_parser() -> argparse.ArgumentParser:
     from . import demo as demo_module
+    from . import positions as positions_module
     from . import status as status_module
     from .ib_gateway_sim import cli as simulator_cli
 
@@ -82,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_module.add_arguments(status)
     status.set_defaults(handler=status_module.run)
+
+    positions = commands.add_parser(
+        "positions",
+        help="the latest known position and values of every account and contract, as of a time",
+        description="Print the latest known row of position_updates per account and contract as of a time "
+        "(now by default), with the age of each value. Reads only the partitions it needs.",
+    )
+    positions_module.add_arguments(positions)
+    positions.set_defaults(handler=positions_module.run)
 
     # Shared by every command that touches the queue.
     common = argparse.ArgumentParser(add_help=False)
