@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from .positions import age_text
+
 if TYPE_CHECKING:
     from deltalake import DeltaTable
 
@@ -474,22 +476,12 @@ def _one_line(message: str | None) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    """A compact duration: 42s, 5m 07s, 3h 04m, 2d 05h; negative (a clock ahead of ours) is said so."""
+    """A compact duration (see `positions.age_text`); negative (a clock ahead of ours) is said so."""
     if seconds is None:
         return "-"
     if seconds < 0:
-        return f"-{_age(-seconds)} (clock skew)"
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours:02d}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+        return f"-{age_text(-seconds)} (clock skew)"
+    return age_text(seconds)
 
 
 # Time

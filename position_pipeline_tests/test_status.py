@@ -492,9 +492,9 @@ def test_ages_read_at_a_glance() -> None:
         "-",
         "0s",
         "42s",
-        "5m 07s",
-        "3h 04m",
-        "2d 05h",
+        "5m07s",
+        "3h04m",
+        "2d05h",
         "-5s (clock skew)",
     ]
     assert status.iso(None) is None
