@@ -9,17 +9,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .lake_option import LAKE_ENV, lake_argument, resolve_lake
+
 if TYPE_CHECKING:
     from .queue import PositionQueue, QueueInputError
 
 PROG = "position-pipeline"
-LAKE_ENV = "POSITION_LAKE_URI"  # = lake.LAKE_URI_VARIABLE; not imported: lake pulls in polars, --help must stay fast
 _PROBLEMS_SHOWN = 20
 _ITEM_OPTIONS = ("conid", "symbol", "priority", "account")
 
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Shared by every command that touches the queue.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--lake", metavar="URI", type=_lake_root, help=_LAKE_HELP)
+    common.add_argument("--lake", metavar="URI", type=lake_argument, help=_LAKE_HELP)
     common.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
     enqueue = commands.add_parser(
@@ -164,18 +164,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 # Arguments
 
 
-def _lake_root(text: str) -> str:
-    """--lake: non-empty; a local folder is made absolute so the printed table URI says where it really is."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text if "://" in text else os.path.abspath(text)
-
-
 def _queue_uri(args: argparse.Namespace) -> str:
     from . import lake
 
-    root = args.lake if args.lake is not None else lake.lake_root()
-    return lake.table_uri(root, lake.QUEUE_TABLE)
+    return lake.table_uri(resolve_lake(args.lake), lake.QUEUE_TABLE)
 
 
 def _open_queue(args: argparse.Namespace) -> PositionQueue:

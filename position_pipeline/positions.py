@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from .lake_option import lake_argument, resolve_lake
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -155,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lake",
         metavar="URI",
-        type=_lake_root,
+        type=lake_argument,
         help=(
             "lake root: a folder or an object-store URI such as s3://bucket/lake; positions are read from its "
             "positions/position_updates table (default: $POSITION_LAKE_URI, else .lake in the current directory)"
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from . import lake
 
     prog = getattr(args, "positions_prog", _PROG)
-    root = args.lake if args.lake is not None else lake.lake_root()
+    root = resolve_lake(args.lake)
     as_of = args.as_of if args.as_of is not None else datetime.now(UTC)
     try:
         frame = latest_positions(root, as_of=as_of, account=args.account)
@@ -231,13 +233,6 @@ def _account(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text.strip()
-
-
-def _lake_root(text: str) -> str:
-    """--lake: non-empty; a local folder is made absolute so the printed table URI says where it really is."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text if "://" in text else os.path.abspath(text)
 
 
 # Output

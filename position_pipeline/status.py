@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
+from .lake_option import LAKE_ENV, lake_argument, resolve_lake
 from .positions import age_text
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 PROG = "position-pipeline status"
-LAKE_ENV = "POSITION_LAKE_URI"  # = lake.LAKE_URI_VARIABLE; not imported: lake pulls in polars, --help must stay fast
 
 STATUSES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED")
-"""QueueStatus values, in life order (not imported: see LAKE_ENV)."""
+"""QueueStatus values, in life order (not imported: queue pulls in polars, --help must stay fast)."""
 PRIORITIES = (1, 2)
 """Priority values: 1 active, 2 monitoring; both always shown."""
 _PRIORITY_NAMES = {1: "active", 2: "monitoring"}
@@ -332,7 +331,7 @@ def _open(uri: str) -> DeltaTable | None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The status command's options: --lake URI and --json (register with `set_defaults(handler=run)`)."""
-    parser.add_argument("--lake", metavar="URI", type=_lake_option, default=None, help=_LAKE_HELP)
+    parser.add_argument("--lake", metavar="URI", type=lake_argument, default=None, help=_LAKE_HELP)
     parser.add_argument("--json", action="store_true", help="print the status as one JSON object on stdout")
 
 
@@ -342,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     from polars.exceptions import PolarsError
 
     try:
-        status = collect_status(resolve_root(getattr(args, "lake", None)))
+        status = collect_status(resolve_lake(getattr(args, "lake", None)))
     except (DeltaError, PolarsError, OSError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
@@ -354,22 +353,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_text(status)))
     return 0
-
-
-def resolve_root(option: str | None) -> str:
-    """The lake root: the --lake value, else lake.lake_root(); a local folder made absolute."""
-    if option is None:
-        from . import lake
-
-        option = lake.lake_root()
-    return _lake_option(option)
-
-
-def _lake_option(text: str) -> str:
-    """--lake: non-empty; a local folder is made absolute so the printed URIs say where the tables really are."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text if "://" in text else os.path.abspath(text)
 
 
 # Text output

@@ -513,4 +513,4 @@ def test_help_is_fast_because_nothing_heavy_is_imported() -> None:
 def test_the_cli_names_the_same_lake_variable_as_the_lake_module() -> None:
     from position_pipeline import cli, lake
 
-    assert cli.LAKE_ENV == lake.LAKE_URI_VARIABLE
+    assert cli.LAKE_ENV == lake.LAKE_URI_VARIABLE  # the shared lake_option constant, as the CLI uses it

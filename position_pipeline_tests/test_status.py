@@ -17,6 +17,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline import lake, status
+from position_pipeline.lake_option import LAKE_ENV, resolve_lake
 from position_pipeline.queue import PositionQueue, Priority, QueueStatus
 
 # Fixed claim and mark times, an hour after the items are created (created_at is always the wall clock).
@@ -460,16 +461,16 @@ def test_lake_option_and_its_default(
     assert "must not be empty" in capsys.readouterr().err
 
     monkeypatch.setenv(lake.LAKE_URI_VARIABLE, "from-env")
-    assert status.resolve_root(None) == str(tmp_path / "from-env")
-    assert status.resolve_root("s3://bucket/lake") == "s3://bucket/lake"
+    assert resolve_lake(None) == str(tmp_path / "from-env")
+    assert resolve_lake("s3://bucket/lake") == "s3://bucket/lake"
     monkeypatch.delenv(lake.LAKE_URI_VARIABLE)
-    assert status.resolve_root(None) == str(tmp_path / lake.DEFAULT_LAKE_ROOT)
+    assert resolve_lake(None) == str(tmp_path / lake.DEFAULT_LAKE_ROOT)
     assert status.run(namespace(None, True)) == 0
     assert json.loads(capsys.readouterr().out)["lake"] == str(tmp_path / lake.DEFAULT_LAKE_ROOT)
 
 
 def test_constants_match_the_modules_they_stand_for() -> None:
-    assert status.LAKE_ENV == lake.LAKE_URI_VARIABLE
+    assert LAKE_ENV == lake.LAKE_URI_VARIABLE
     assert tuple(s.value for s in QueueStatus) == status.STATUSES
     assert tuple(int(p) for p in Priority) == status.PRIORITIES
 
