@@ -100,12 +100,11 @@ def ib_snapshot(
             description=str(exc),
             metadata={"gateway": f"{settings.host}:{settings.port}", "items_released": released},
         ) from exc
-    accounts = list(settings.accounts) or snapshot.managed_accounts
-    results = snapshot_results(queued_positions, snapshot, accounts)
+    results = snapshot_results(queued_positions, snapshot)
     failed = results.filter(pl.col("error").is_not_null()).height
     context.log.info(
         f"IB read for {queued_positions.height} items with client id {snapshot.client_id} "
-        f"from accounts {', '.join(accounts)}: {results.height - failed} found, {failed} not"
+        f"from accounts {', '.join(snapshot.accounts)}: {results.height - failed} found, {failed} not"
     )
     return dg.Output(
         results,

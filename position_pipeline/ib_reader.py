@@ -98,6 +98,7 @@ class IBSnapshot:
     client_id: int
     server_version: int
     managed_accounts: list[str]
+    accounts: list[str]  # the accounts this read covered: the configured ones, else every managed one
     positions: list[HeldPosition] = field(default_factory=list)
     notices: list[tuple[int, int, str]] = field(default_factory=list)
 
@@ -135,8 +136,10 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
                 f"accounts {', '.join(unknown)} are not managed by the gateway at {settings.where} (client id "
                 f"{client_id}; it manages {', '.join(managed)}): fix IB_ACCOUNTS"
             )
-        accounts = set(settings.accounts or managed)
-        snapshot = IBSnapshot(datetime.now(UTC), client_id, ib.client.serverVersion(), managed, notices=notices)
+        accounts = list(settings.accounts) or managed
+        snapshot = IBSnapshot(
+            datetime.now(UTC), client_id, ib.client.serverVersion(), managed, accounts, notices=notices
+        )
         latest = {(p.account, p.contract.conId): p for p in positions}  # later pushes replace earlier ones
         wanted = [p for p in latest.values() if p.account in accounts and p.contract.conId in conids]
         values: dict[tuple[str, int], PortfolioItem] = {}

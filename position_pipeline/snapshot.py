@@ -14,7 +14,7 @@ from .ib_reader import HeldPosition, IBSnapshot
 from .lake import POSITION_UPDATES_SCHEMA, SNAPSHOT_RESULTS_SCHEMA
 
 
-def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot, accounts: list[str]) -> pl.DataFrame:
+def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot) -> pl.DataFrame:
     """One row per claimed item of `batch` (a frame in the queue's schema): its values, or why there are none."""
     held = snapshot.by_conid()
     rows = []
@@ -31,7 +31,7 @@ def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot, accounts: list[s
             "snapshot_at": snapshot.taken_at,
             "client_id": snapshot.client_id,
         }
-        error = _why_not(item["conid"], pinned, candidates, accounts, snapshot.taken_at)
+        error = _why_not(item["conid"], pinned, candidates, snapshot.accounts, snapshot.taken_at)
         if error is None:
             row.update(_values(candidates[0]))
         row["error"] = error

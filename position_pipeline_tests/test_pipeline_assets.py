@@ -174,7 +174,7 @@ def test_a_crash_after_the_append_never_writes_a_second_row(
     first = queue.claim(2, 50, claimed_by="dead-run")
     resource = IBResource(port=sim.port)
     snapshot = resource.read_snapshot(first["conid"].to_list(), "dead-run")
-    rows = position_update_rows(snapshot_results(first, snapshot, snapshot.managed_accounts), "dead-run")
+    rows = position_update_rows(snapshot_results(first, snapshot), "dead-run")
     write_deltalake(lake.ensure_position_updates_table(lake_root), rows.to_arrow(), mode="append")
     assert queue.release_runs(["dead-run"]) == 6  # what the sensor does once Dagster reports the run finished
 
