@@ -10,7 +10,9 @@ asset: its history in the UI lists every run's write-back.
 """
 
 import time
+import warnings
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -18,19 +20,36 @@ from deltalake import DeltaTable
 from pydantic import Field
 
 from .ib_reader import IBError
-from .lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids
+from .lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids, storage_options_for
+from .metadata import markdown_table
+from .partitions import queued_hour_partitions, queued_window
 from .resources import IBResource, LakeResource
 from .snapshot import failures, position_update_rows, snapshot_results
 
 GROUP = "positions"
 OWNERS = ["team:trading-data"]
-PREVIEW_ROWS = 10
+# Dagster flags backfill_policy as beta; it is what makes a backfill of many hours one run. Said once, here.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+SENSOR_BATCH_SIZE = 50
+BACKFILL_BATCH_SIZE = 200_000
+_SYNC: dict[str, Any] = {
+    "partitions_def": queued_hour_partitions,
+    "backfill_policy": dg.BackfillPolicy.single_run(),
+    "group_name": GROUP,
+    "owners": OWNERS,
+}
+"""Shared by the three sync assets: one hour partition per queued hour, a backfill of any range in one run."""
 
 
 class SyncConfig(dg.Config):
-    """What one run claims. The sensor uses the defaults; backfills and manual runs may claim more."""
+    """What one run claims from its partitions' window. The sensor asks for 50; a backfill takes the whole window."""
 
-    batch_size: int = Field(default=50, ge=1, description="Items claimed per run.")
+    batch_size: int = Field(
+        default=BACKFILL_BATCH_SIZE,
+        ge=1,
+        description=f"Items claimed per run (the sensor sets {SENSOR_BATCH_SIZE}). What a run leaves in its window is "
+        "picked up by the sensor later.",
+    )
     priority: int | None = Field(
         default=None, description="Queue priority to claim: 1 active, 2 monitoring; None: any, priority 1 first."
     )
@@ -53,36 +72,48 @@ position_queue = dg.AssetSpec(
 @dg.asset(
     deps=[position_queue],
     io_manager_key="batch_io_manager",
-    group_name=GROUP,
-    owners=OWNERS,
     kinds={"polars", "delta"},
-    description="Claims up to batch_size claimable items (oldest first) for this run, so no other run can take them.",
+    description=(
+        "Claims up to batch_size claimable items queued in this run's hours (priority 1 first, then oldest), so no "
+        "other run can take them."
+    ),
+    **_SYNC,
 )
 def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake: LakeResource) -> dg.Output:
+    window = queued_window(context.partition_time_window)
     batch = lake.queue().claim(
-        config.priority, config.batch_size, claimed_by=context.run_id, max_attempts=config.max_attempts
+        config.priority,
+        config.batch_size,
+        claimed_by=context.run_id,
+        max_attempts=config.max_attempts,
+        queued_from=window.start,
+        queued_before=window.end,
     )
-    context.log.info(f"run {context.run_id} claimed {batch.height} items (priority {config.priority or 'any'})")
+    partitions = context.partition_key_range
+    context.log.info(
+        f"run {context.run_id} claimed {batch.height} items {window.describe()} (partitions {partitions.start} to "
+        f"{partitions.end}, priority {config.priority or 'any'}, at most {config.batch_size})"
+    )
     return dg.Output(
         batch,
         metadata={
             "claimed": batch.height,
+            "window": window.describe(),
             "reclaimed": batch.filter(pl.col("claims") > 1).height,
             "oldest_queued_at": str(batch["created_at"].min()) if batch.height else "",
-            "preview": dg.MetadataValue.md(_markdown(batch.select("request_id", "conid", "symbol", "account"))),
+            "preview": dg.MetadataValue.md(markdown_table(batch.select("request_id", "conid", "symbol", "account"))),
         },
     )
 
 
 @dg.asset(
     io_manager_key="batch_io_manager",
-    group_name=GROUP,
-    owners=OWNERS,
     kinds={"polars"},
     description=(
         "One polling read from IB for the whole batch: reqPositions once, then the portfolio of each account "
         "involved (reqAccountUpdates, one account at a time). No market-data request, no order."
     ),
+    **_SYNC,
 )
 def ib_snapshot(
     context: dg.AssetExecutionContext, queued_positions: pl.DataFrame, ib: IBResource, lake: LakeResource
@@ -121,14 +152,14 @@ def ib_snapshot(
 
 @dg.asset(
     io_manager_key="delta_io_manager",
-    metadata={"mode": "append"},
-    group_name=GROUP,
-    owners=OWNERS,
+    metadata={"mode": "append", "partition_expr": "queued_at"},
     kinds={"polars", "delta"},
     description=(
-        "Position history: one row per successful item, appended in one Delta commit per batch, partitioned by "
-        "snapshot_date. After the append, the batch is written back to position_queue (SUCCESS / FAILED)."
+        "Position history: one row per successful item, appended in one Delta commit per batch, stored by "
+        "snapshot_date. Rows keep queued_at (the hour partition) and snapshot_at (positions are as of the run, "
+        "also in a backfill: IB has no history). After the append, the batch is written back to position_queue."
     ),
+    **_SYNC,
 )
 def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFrame, lake: LakeResource):  # type: ignore[no-untyped-def]
     run_id = context.run_id
@@ -162,16 +193,16 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
             "succeeded": len(succeeded),
             "failed": len(failed),
             "rows_written": rows.height,
-            "table_version": version_before + 1,
+            "table_version": version_before + 1 if rows.height else version_before,
             "batch_seconds": round(_seconds_since(claimed_at), 3),
-            "preview": dg.MetadataValue.md(_markdown(rows.drop("run_id", "snapshot_date"))),
+            "preview": dg.MetadataValue.md(markdown_table(rows.drop("run_id", "snapshot_date"))),
         },
     )
     # The IO manager has committed the append at this point: only now is it safe to mark the items done.
     marked = queue.mark_success(succeeded, claimed_by=run_id) if succeeded else 0
     marked_failed = queue.mark_failed_many(failed, claimed_by=run_id) if failed else 0
     version_after = _table_version(uri)
-    if version_after != version_before + 1:
+    if version_after != version_before + (1 if rows.height else 0):
         context.log.warning(f"another writer committed to position_updates meanwhile: now at version {version_after}")
     context.log.info(
         f"batch of {ib_snapshot.height}: {rows.height} rows appended (position_updates version {version_after}), "
@@ -186,7 +217,7 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
             "marked_failed": marked_failed,
             "position_updates_version": version_after,
             "failures": dg.MetadataValue.md(
-                _markdown(pl.DataFrame({"request_id": list(failed), "error": list(failed.values())}))
+                markdown_table(pl.DataFrame({"request_id": list(failed), "error": list(failed.values())}))
             ),
         },
     )
@@ -208,19 +239,8 @@ def _already_written(lake: LakeResource, results: pl.DataFrame) -> set[str]:
 
 
 def _table_version(uri: str) -> int:
-    return DeltaTable(uri).version()
+    return DeltaTable(uri, storage_options=storage_options_for(uri)).version()
 
 
 def _seconds_since(moment: datetime | None) -> float:
     return (datetime.now(UTC) - moment).total_seconds() if moment else 0.0
-
-
-def _markdown(frame: pl.DataFrame) -> str:
-    if frame.is_empty():
-        return "(none)"
-    head = frame.head(PREVIEW_ROWS)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in head.iter_rows()]
-    if frame.height > PREVIEW_ROWS:
-        lines.append(f"\n{frame.height - PREVIEW_ROWS} more rows")
-    return "\n".join(lines)

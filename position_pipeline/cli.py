@@ -9,15 +9,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .lake_option import LAKE_ENV, lake_argument, resolve_lake
 
 if TYPE_CHECKING:
+    from .backfill import BackfillProgress
     from .queue import PositionQueue, QueueInputError
+    from .status import FailedItem
 
 PROG = "position-pipeline"
 _PROBLEMS_SHOWN = 20
@@ -41,6 +45,46 @@ A CSV file has a header naming its columns: conid,symbol and optionally priority
 An empty priority means 2 (monitoring), an empty account any configured account. Every row is checked before
 anything is written: one invalid row and nothing is queued (exit 1, the row, line and field named on stderr).
 """
+
+_REQUEUE_DESCRIPTION = """\
+Put queue items back to PENDING so that the sync job claims them again, in one commit.
+
+--failed selects FAILED items: those that used up their attempts (max_attempts) and those waiting out a retry
+backoff. It is required: it is the only selector for now. Their attempts restart at 0, their claim and retry time
+are cleared, and their last error stays visible until they succeed. An item a run claims meanwhile stays that run's.
+"""
+
+_REQUEUE_EPILOG = """\
+WHEN is an ISO-8601 timestamp or an age back from now:
+  2026-11-24T15:00:00Z, 2026-11-24T10:00:00-05:00   a time; without a timezone it is read as UTC
+  2026-11-24                                        midnight UTC of that day
+  30m, 2h, 1d, 1d12h, 5m07s                         days, hours, minutes, seconds ago (as status prints ages)
+An item's failure time is when it last failed.
+
+examples:
+  position-pipeline requeue --failed --dry-run    # how many, and the newest with their last errors
+  position-pipeline requeue --failed --since 2h   # the items that failed in the last two hours
+"""
+_BACKFILL_DESCRIPTION = """\
+Launch an asset backfill of queued_positions -> ib_snapshot -> position_updates over the hour partitions from
+--from to --to, as the Dagster UI does: the backfill is stored in the Dagster instance ($DAGSTER_HOME) and the
+daemon launches it through the run queue as ONE run (single-run backfill policy) that claims every item queued in
+those hours that has not succeeded yet. The sensor keeps running meanwhile; the two never take the same item, and a
+second backfill of the same hours adds no rows. IB has no historical positions: rows record positions as of the
+backfill (snapshot_at) and keep when each item was queued (queued_at).
+"""
+
+_BACKFILL_EPILOG = """\
+examples:
+  position-pipeline backfill --wait                                  # everything still waiting, oldest hour to now
+  position-pipeline backfill --from 2026-11-24T08:00 --to 2026-11-24T11:00 --wait
+  position-pipeline backfill --from 6h                               # the last six hours; watch it in the UI
+Needs a running Dagster daemon (dagster dev, or dagster-daemon run) on the same instance.
+"""
+_REQUEUE_SHOWN = 5
+_ERROR_WIDTH = 80
+_AGE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_SINCE_EXAMPLES = "e.g. 2h, 30m, 1d or 2026-11-24T15:00:00Z"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +197,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print how many items the lake's position queue holds in each status. Reads only.",
     )
     counts.set_defaults(handler=_queue_counts)
+
+    requeue = commands.add_parser(
+        "requeue",
+        parents=[common],
+        help="put FAILED queue items back to PENDING with their attempts reset (--failed [--since WHEN])",
+        description=_REQUEUE_DESCRIPTION,
+        epilog=_REQUEUE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    requeue.add_argument(
+        "--failed", action="store_true", required=True, help="select FAILED items (required: the only selector for now)"
+    )
+    requeue.add_argument(
+        "--since",
+        metavar="WHEN",
+        type=_since_argument,
+        help="only items that failed at or after WHEN: an ISO-8601 timestamp (naive means UTC) or an age such as "
+        "30m, 2h, 1d (default: every FAILED item)",
+    )
+    requeue.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print how many items would be requeued and the newest of them with their last errors; write nothing",
+    )
+    requeue.set_defaults(handler=_requeue)
+
+    backfill = commands.add_parser(
+        "backfill",
+        parents=[common],
+        help="after an IB outage: one backfill run of the sync assets over the hours items waited in",
+        description=_BACKFILL_DESCRIPTION,
+        epilog=_BACKFILL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    backfill.add_argument(
+        "--from",
+        dest="start",
+        metavar="WHEN",
+        type=_since_argument,
+        help="first hour of the window: a time or an age such as 6h (default: the hour of the oldest claimable item)",
+    )
+    backfill.add_argument(
+        "--to", dest="end", metavar="WHEN", type=_since_argument, help="last hour of the window (default: now)"
+    )
+    backfill.add_argument("--wait", action="store_true", help="print progress until the backfill is done")
+    backfill.add_argument(
+        "--timeout", type=float, default=1800.0, metavar="SECONDS", help="with --wait: give up waiting after this long"
+    )
+    backfill.set_defaults(handler=_backfill)
     return parser
 
 
@@ -162,6 +255,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # Arguments
+
+
+def _since_argument(text: str) -> datetime:
+    """--since WHEN: an age back from now (30m, 2h, 1d12h, 5m07s) or an ISO-8601 timestamp, naive read as UTC."""
+    value = text.strip()
+    age = _AGE.fullmatch(value.lower())
+    if value and age:
+        try:
+            days, hours, minutes, seconds = (int(part or 0) for part in age.groups())
+            return datetime.now(UTC) - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        except (OverflowError, ValueError):
+            raise argparse.ArgumentTypeError(f"age {text!r} reaches back before year 1") from None
+    if value[-1:] == "z":
+        value = value[:-1] + "Z"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an age or an ISO-8601 timestamp: {text!r} ({_SINCE_EXAMPLES})") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _queue_uri(args: argparse.Namespace) -> str:
@@ -239,12 +351,15 @@ def _import_legacy(args: argparse.Namespace) -> int:
     import polars as pl
     from deltalake import DeltaTable
 
+    from . import lake
+
     source = args.path
-    if not DeltaTable.is_deltatable(source):
+    options = lake.storage_options_for(source)
+    if not DeltaTable.is_deltatable(source, storage_options=options):
         raise _CommandError(f"{source} is not a Delta table (no _delta_log found)")
     queue = _open_queue(args)
     adopted = queue.import_legacy(source)
-    total = int(pl.scan_delta(source).select(pl.len()).collect().item())
+    total = int(pl.scan_delta(source, storage_options=options).select(pl.len()).collect().item())
     already = max(total - adopted, 0)
     if args.json:
         _print_json({"adopted": adopted, "already_present": already, "source": source, "table": queue.table_uri})
@@ -261,10 +376,11 @@ def _queue_counts(args: argparse.Namespace) -> int:
 def _print_counts(args: argparse.Namespace) -> int:
     from deltalake import DeltaTable
 
+    from . import lake
     from .queue import QueueStatus
 
     uri = _queue_uri(args)
-    exists = DeltaTable.is_deltatable(uri)
+    exists = DeltaTable.is_deltatable(uri, storage_options=lake.storage_options_for(uri))
     # A missing table holds nothing; counting must not create it (the queue would on first use).
     counts = _open_queue(args).counts() if exists else dict.fromkeys(QueueStatus, 0)
     by_name = {str(status): int(n) for status, n in counts.items()}
@@ -277,6 +393,142 @@ def _print_counts(args: argparse.Namespace) -> int:
     for name, n in [*by_name.items(), ("total", total)]:
         print(f"  {name:<{width}}  {n:>9,}")
     return 0
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    return _guarded("requeue", lambda: _requeue_failed(args))
+
+
+def _requeue_failed(args: argparse.Namespace) -> int:
+    from deltalake import DeltaTable
+
+    from . import lake
+    from .status import iso, iso_seconds
+
+    uri = _queue_uri(args)
+    since: datetime | None = args.since
+    # A missing table holds nothing to requeue; neither a dry run nor a requeue creates it.
+    exists = DeltaTable.is_deltatable(uri, storage_options=lake.storage_options_for(uri))
+    queue = _open_queue(args)
+    which = "" if since is None else f" (failed at or after {iso_seconds(since)})"
+    where = uri + ("" if exists else " (no table yet)")
+    if not args.dry_run:
+        requeued = queue.requeue_failed(since=since) if exists else 0
+        if args.json:
+            _print_json({"table": uri, "exists": exists, "since": iso(since), "dry_run": False, "requeued": requeued})
+        else:
+            done = ": PENDING again, attempts reset to 0" if requeued else ""
+            print(f"Requeued {_failed_items(requeued)}{which} in {where}{done}")
+        return 0
+
+    frame = queue.failed_items(since) if exists else None
+    items = [] if frame is None else [_failed_item(row) for row in frame.iter_rows(named=True)]
+    if args.json:
+        _print_json(
+            {
+                "table": uri,
+                "exists": exists,
+                "since": iso(since),
+                "dry_run": True,
+                "would_requeue": len(items),
+                "items": [item.to_json() for item in items],
+            }
+        )
+        return 0
+    print(f"Would requeue {_failed_items(len(items))}{which} in {where}; dry run, nothing written")
+    if items:
+        print(f"  newest failures first (at most {_REQUEUE_SHOWN})")
+        rows = [["failed at", "attempts", "conid", "symbol", "last error"]]
+        for item in items[:_REQUEUE_SHOWN]:
+            error = " ".join((item.error_message or "").split())
+            error = error if len(error) <= _ERROR_WIDTH else error[: _ERROR_WIDTH - 3] + "..."
+            rows.append([iso_seconds(item.failed_at), str(item.attempts), str(item.conid), item.symbol, error])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            cells = [
+                cell.rjust(w) if i in (1, 2) else cell.ljust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ]
+            print(("    " + "  ".join(cells)).rstrip())
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    return _guarded("backfill", lambda: _launch_backfill(args))
+
+
+def _launch_backfill(args: argparse.Namespace) -> int:
+    import os
+
+    import dagster as dg
+
+    from .backfill import launch_backfill, wait_for_backfill
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print(
+            f"{PROG} backfill: DAGSTER_HOME is not set: point it at the Dagster instance the daemon runs on",
+            file=sys.stderr,
+        )
+        return 1
+    queue = _open_queue(args)
+    now = datetime.now(UTC)
+    start = args.start or queue.oldest_claimable_at(None, now=now)
+    if start is None:
+        print("nothing to backfill: no claimable item in the queue (give --from to backfill a window anyway)")
+        return 0
+    end = args.end or now
+    with dg.DagsterInstance.get() as instance:
+        request = launch_backfill(instance, start, end, now=now)
+        result: dict[str, Any] = {
+            "backfill_id": request.backfill_id,
+            "first_partition": request.first_partition,
+            "last_partition": request.last_partition,
+            "partitions": request.partitions,
+            "window": request.window.describe(),
+        }
+        if not args.json:
+            print(
+                f"backfill {request.backfill_id}: {request.partitions} hour partitions {request.first_partition} to "
+                f"{request.last_partition} ({request.window.describe()}); the daemon launches it as one run"
+            )
+        if not args.wait:
+            if args.json:
+                _print_json(result)
+            return 0
+        progress = wait_for_backfill(
+            instance, queue, request, timeout_s=args.timeout, report=_ignore if args.json else _print_progress
+        )
+    result.update(status=progress.status, runs=progress.runs, claimable=progress.claimable)
+    if args.json:
+        _print_json(result)
+    if not progress.done:
+        print(f"{PROG} backfill: still {progress.status} after {args.timeout:g} s; see it in the UI", file=sys.stderr)
+        return 1
+    return 0 if progress.succeeded else 1
+
+
+def _print_progress(progress: BackfillProgress) -> None:
+    print(progress.line(), flush=True)
+
+
+def _ignore(progress: BackfillProgress) -> None:
+    pass
+
+
+def _failed_item(row: dict[str, Any]) -> FailedItem:
+    """A queue row as status's FailedItem (its failure time is its updated_at)."""
+    from .status import FailedItem
+
+    return FailedItem(
+        request_id=row["request_id"],
+        conid=row["conid"],
+        symbol=row["symbol"],
+        priority=row["priority"],
+        attempts=row["attempts"],
+        failed_at=row["updated_at"],
+        retry_after=row["retry_after"],
+        error_message=row["error_message"],
+    )
 
 
 # Errors and output
@@ -353,6 +605,10 @@ def _input_error(problems: Sequence[tuple[str, str]]) -> QueueInputError:
 
 def _items(n: int) -> str:
     return f"{n:,} item" + ("" if n == 1 else "s")
+
+
+def _failed_items(n: int) -> str:
+    return f"{n:,} FAILED item" + ("" if n == 1 else "s")
 
 
 def _print_json(value: dict[str, Any]) -> None:

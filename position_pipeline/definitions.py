@@ -5,14 +5,19 @@ from __future__ import annotations
 import dagster as dg
 
 from .assets import ib_snapshot, position_queue, position_updates, queued_positions
+from .checks import ASSET_CHECKS, position_checks_job, position_checks_schedule
 from .jobs import position_sync_job
 from .resources import delta_io_manager, ib_resource, lake_resource
+from .run_retention import purge_run_history, purge_run_history_schedule
 from .sensors import position_sync_sensor
+from .upkeep import table_upkeep, table_upkeep_schedule
 
 defs = dg.Definitions(
     assets=[position_queue, queued_positions, ib_snapshot, position_updates],
-    jobs=[position_sync_job],
+    asset_checks=ASSET_CHECKS,
+    jobs=[position_sync_job, position_checks_job, table_upkeep, purge_run_history],
     sensors=[position_sync_sensor],
+    schedules=[position_checks_schedule, table_upkeep_schedule, purge_run_history_schedule],
     resources={
         "ib": ib_resource(),
         "lake": lake_resource(),

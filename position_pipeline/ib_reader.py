@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -145,7 +146,7 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
         values: dict[tuple[str, int], PortfolioItem] = {}
         update_times: dict[str, str] = {}
         for account in sorted({p.account for p in wanted}):
-            values.update(await _read_portfolio(ib, account, settings, client_id, notices, update_times))
+            values.update(await _read_portfolio_when_free(ib, account, settings, client_id, notices, update_times))
         snapshot.taken_at = datetime.now(UTC)
         for p in wanted:
             c = p.contract
@@ -241,6 +242,39 @@ async def _connect(ib: IB, settings: IBSettings, seed: str, notices: list[tuple[
     )
 
 
+class _AccountUpdatesRefused(IBError):
+    """2101: another client holds account updates for a different account."""
+
+
+async def _read_portfolio_when_free(
+    ib: IB,
+    account: str,
+    settings: IBSettings,
+    client_id: int,
+    notices: list[tuple[int, int, str]],
+    update_times: dict[str, str],
+) -> dict[tuple[str, int], PortfolioItem]:
+    """IB serves account updates to one account at a time across all clients: when another client (a backfill run
+    next to the sensor's) holds another account, wait for it and try again, within the request timeout."""
+    deadline = time.monotonic() + settings.request_timeout
+    delay, refusals = _REFUSED_FIRST_WAIT_S, 0
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return await _read_portfolio(ib, account, settings, client_id, notices, update_times, remaining)
+        except _AccountUpdatesRefused as exc:
+            refusals += 1
+            if time.monotonic() + delay >= deadline:
+                raise IBError(f"{exc} (refused {refusals} times in {settings.request_timeout:g} s)") from exc
+            log.info("account updates for %s refused (2101), try %d; retrying in %.2f s", account, refusals, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _REFUSED_MAX_WAIT_S)
+
+
+_REFUSED_FIRST_WAIT_S = 0.1
+_REFUSED_MAX_WAIT_S = 1.0
+
+
 async def _read_portfolio(
     ib: IB,
     account: str,
@@ -248,6 +282,7 @@ async def _read_portfolio(
     client_id: int,
     notices: list[tuple[int, int, str]],
     update_times: dict[str, str],
+    timeout: float,
 ) -> dict[tuple[str, int], PortfolioItem]:
     """Subscribe to one account's updates, read to accountDownloadEnd, unsubscribe."""
     wrapper = ib.wrapper
@@ -264,14 +299,15 @@ async def _read_portfolio(
     download = asyncio.ensure_future(ib.reqAccountUpdatesAsync(account))
     refused = asyncio.ensure_future(_until_code(notices, seen, ACCOUNT_UPDATES_REFUSED))
     try:
-        done, _ = await asyncio.wait({download, refused}, timeout=settings.request_timeout,
+        done, _ = await asyncio.wait({download, refused}, timeout=max(timeout, 0.0),
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         if refused in done:
             download.cancel()
             said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UPDATES_REFUSED)
-            raise IBError(
+            raise _AccountUpdatesRefused(
                 f"IB at {settings.where} refused account updates for {account} to client id {client_id} (error "
-                f"2101: {said}): IB serves one account at a time across all clients; retry when the other is done"
+                f"2101: {said}): IB serves one account at a time across all clients and another client held "
+                f"another account throughout; the items are released and retried"
             )
         if download not in done:
             download.cancel()

@@ -1,9 +1,14 @@
 """Where the lake's tables live and what they hold: table URIs, storage options and schemas, declared once.
 
-Every module that reads or writes a table takes its URI from `table_uri` and its columns from the schemas here, so a
-column has one home and a table one address. Every table lives at `{root}/positions/{name}`: the Dagster Delta IO
-manager writes `{root_uri}/{schema}/{table}` and is configured with schema `positions`, so the queue (written
-directly with deltalake) and the IO manager's tables share one folder.
+Every module that reads or writes a table takes its URI from `table_uri`, its storage options from
+`storage_options_for` and its columns from the schemas here, so a column has one home and a table one address. Every
+table lives at `{root}/positions/{name}`: the Dagster Delta IO manager writes `{root_uri}/{schema}/{table}` and is
+configured with schema `positions`, so the queue (written directly with deltalake) and the IO manager's tables share
+one folder.
+
+The root is a local folder (or file:// URI) or an S3 URI (s3://bucket/prefix, any S3-compatible store). On S3,
+delta-rs commits each version with a conditional put (PutObject If-None-Match: *), so concurrent writers never
+overwrite each other's commits; settings that would turn that off are refused here.
 """
 
 from __future__ import annotations
@@ -84,11 +89,38 @@ LEGACY_QUEUE_SCHEMA = pl.Schema(
 # Without atomic put-if-absent a commit can silently replace another writer's commit, and the queue's "one claim
 # per item" guarantee is gone (delta-io/delta-rs#1868, #3091).
 _UNSAFE_OPTIONS = frozenset({"aws_s3_allow_unsafe_rename"})
-_TRUE = frozenset({"true", "1", "yes", "on"})
+TRUE_VALUES = frozenset({"true", "1", "yes", "on"})
+"""How a boolean option or variable says yes (as object_store reads it), lower-cased."""
+
+LOCAL_SCHEMES = frozenset({"", "file"})
+"""URI schemes of a local lake ("" is a plain path): no storage options."""
+
+S3_SCHEMES = frozenset({"s3"})
+"""URI schemes of an S3 lake: storage options from S3_ENVIRONMENT."""
+
+S3_ENVIRONMENT = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ALLOW_HTTP",
+)
+"""The environment variables an S3 lake's storage options are taken from, under the same names (delta-rs keys).
+
+delta-rs would also read them from the environment itself; passing them makes every reader and writer (and the
+Dagster IO manager's config) use the same ones. Other AWS_* variables (AWS_PROFILE, web identity) still reach
+delta-rs through its own credential chain."""
+
+UNSAFE_RENAME_VARIABLE = "AWS_S3_ALLOW_UNSAFE_RENAME"
+"""delta-rs's switch for commits without put-if-absent; refused (it reads it from the environment by itself)."""
 
 
 def lake_root(environ: Mapping[str, str] | None = None) -> str:
-    """The lake root: POSITION_LAKE_URI when set (and not blank), else the absolute path of `.lake` here."""
+    """The lake root: POSITION_LAKE_URI when set (and not blank), else the absolute path of `.lake` here.
+
+    A configured root is kept as given: a folder, a file:// URI or an s3:// URI (see `storage_options_for`).
+    """
     env = os.environ if environ is None else environ
     configured = env.get(LAKE_URI_VARIABLE, "").strip()
     return configured or os.path.abspath(DEFAULT_LAKE_ROOT)
@@ -106,6 +138,40 @@ def table_uri(root: str | os.PathLike[str], name: str) -> str:
     return os.path.join(text, SCHEMA_NAME, name)
 
 
+def uri_scheme(uri: str | os.PathLike[str]) -> str:
+    """The lower-case scheme of a URI (`s3` for s3://bucket/lake), or "" for a plain path."""
+    text = os.fspath(uri)
+    return text.split("://", 1)[0].lower() if "://" in text else ""
+
+
+def storage_options_for(uri: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> StorageOptions | None:
+    """The delta-rs storage options for the lake root or table at `uri`: the one place that decides them.
+
+    None for a local folder or file:// URI. For s3:// the S3_ENVIRONMENT variables set in `environ` (default
+    os.environ), possibly none ({}). Raises ValueError for any other scheme, and when the environment sets
+    AWS_S3_ALLOW_UNSAFE_RENAME: delta-rs would read it from there and commit without put-if-absent.
+    """
+    scheme = uri_scheme(uri)
+    if scheme in LOCAL_SCHEMES:
+        return None
+    if scheme not in S3_SCHEMES:
+        raise ValueError(
+            f"unsupported lake URI {os.fspath(uri)!r}: the lake is a local folder, a file:// URI or an s3:// URI "
+            f"(any S3-compatible store, configured with {', '.join(S3_ENVIRONMENT)})"
+        )
+    env = os.environ if environ is None else environ
+    options = {name: env[name].strip() for name in S3_ENVIRONMENT if env.get(name, "").strip()}
+    for name, value in env.items():
+        if name.upper() == UNSAFE_RENAME_VARIABLE and value.strip():
+            options[name] = value.strip()  # a false value is harmless; a true one is refused just below
+    return checked_storage_options(options) or {}
+
+
+def resolve_storage_options(uri: str | os.PathLike[str], options: Mapping[str, str] | None) -> StorageOptions | None:
+    """`options` when given (checked), else `storage_options_for(uri)`: what a function taking optional options uses."""
+    return storage_options_for(uri) if options is None else checked_storage_options(options)
+
+
 def checked_storage_options(options: Mapping[str, str] | None) -> StorageOptions | None:
     """A copy of `options` after refusing settings that would break concurrent writers' atomic commits."""
     if not options:
@@ -114,7 +180,7 @@ def checked_storage_options(options: Mapping[str, str] | None) -> StorageOptions
     for key, value in options.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"storage options must map str to str, got {key!r}: {value!r}")
-        if key.lower() in _UNSAFE_OPTIONS and value.strip().lower() in _TRUE:
+        if key.lower() in _UNSAFE_OPTIONS and value.strip().lower() in TRUE_VALUES:
             raise ValueError(f"storage option {key}={value} disables atomic commits; the queue needs them")
         checked[key] = value
     return checked
@@ -209,9 +275,10 @@ def ensure_position_updates_table(root: str, storage_options: Mapping[str, str] 
     Created with POSITION_UPDATES_SCHEMA and partitioned by snapshot_date, so appends without `partition_by` (the
     Dagster IO manager's) land in `snapshot_date=YYYY-MM-DD` folders. Losing a creation race to another process is
     fine; a table found with other columns or partitioning raises ValueError rather than being written to.
+    `storage_options` None: those `storage_options_for(root)` gives.
     """
     uri = table_uri(root, POSITION_UPDATES_TABLE)
-    options = checked_storage_options(storage_options)
+    options = resolve_storage_options(root, storage_options)
     try:
         dt = DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
@@ -245,7 +312,8 @@ def existing_request_ids(
     """Which of `request_ids` already have a row in position_updates with snapshot_date >= `since`.
 
     Reads only the partitions from `since` on, and only their request_id column. An absent table has no rows. A
-    datetime `since` counts by its UTC day (naive: taken as UTC).
+    datetime `since` counts by its UTC day (naive: taken as UTC). `storage_options` None: those
+    `storage_options_for(root)` gives.
     """
     wanted = sorted({str(i) for i in ([request_ids] if isinstance(request_ids, str) else request_ids)})
     if not wanted:
@@ -256,7 +324,7 @@ def existing_request_ids(
         since = (since if since.tzinfo is None else since.astimezone(UTC)).date()
     try:
         dt = DeltaTable(
-            table_uri(root, POSITION_UPDATES_TABLE), storage_options=checked_storage_options(storage_options)
+            table_uri(root, POSITION_UPDATES_TABLE), storage_options=resolve_storage_options(root, storage_options)
         )
     except TableNotFoundError:
         return set()

@@ -77,6 +77,7 @@ def latest_positions(
     ValueError. `account` keeps one account's positions. Closed positions (position 0) are included: a row is the
     latest known state. `age_seconds` is as_of - snapshot_at. Columns: `output_schema()`. A missing table, or one with
     no rows up to as_of, gives an empty frame with those columns. See the module docstring for how it is read.
+    `storage_options` None: those `lake.storage_options_for(root)` gives (AWS_* variables for an s3:// lake).
     """
     import polars as pl
     from deltalake import DeltaTable
@@ -92,7 +93,7 @@ def latest_positions(
     schema = output_schema()
     uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
     try:
-        table = DeltaTable(uri, storage_options=lake.checked_storage_options(storage_options))
+        table = DeltaTable(uri, storage_options=lake.resolve_storage_options(root, storage_options))
     except TableNotFoundError:
         return pl.DataFrame(schema=schema)
 
@@ -207,8 +208,10 @@ def run(args: argparse.Namespace) -> int:
 def _is_table(uri: str) -> bool:
     from deltalake import DeltaTable
 
+    from . import lake
+
     try:
-        return DeltaTable.is_deltatable(uri)
+        return DeltaTable.is_deltatable(uri, storage_options=lake.storage_options_for(uri))
     except Exception:  # only decorates the message; the read itself already succeeded
         return True
 

@@ -179,7 +179,8 @@ class PositionQueue:
     """The `position_queue` Delta table, safe to use from many processes at once.
 
     Nothing touches storage until the first call, and the first call creates the table if it is absent, so building
-    a queue at Dagster definition load costs nothing.
+    a queue at Dagster definition load costs nothing. `storage_options` None: those `lake.storage_options_for`
+    gives for the table's URI (none for a local folder; AWS_* variables for s3://).
     """
 
     def __init__(
@@ -192,7 +193,7 @@ class PositionQueue:
         if commit_attempts < 1:
             raise ValueError(f"commit_attempts must be at least 1, got {commit_attempts}")
         self.table_uri = os.fspath(table_uri)
-        self._storage_options = lake.checked_storage_options(storage_options)
+        self._storage_options = lake.resolve_storage_options(self.table_uri, storage_options)
         self._commit_attempts = commit_attempts
         self._schema_checked = False
 
@@ -209,15 +210,16 @@ class PositionQueue:
         """
         return self.insert_many([(conid, symbol, priority, account)])[0]
 
-    def insert_many(self, items: Iterable[ItemInput]) -> list[str]:
+    def insert_many(self, items: Iterable[ItemInput], *, queued_at: datetime | None = None) -> list[str]:
         """Queue many refreshes in one commit; returns their request_ids in input order.
 
-        The whole batch is validated first: one bad item raises QueueInputError and nothing is written.
+        The whole batch is validated first: one bad item raises QueueInputError and nothing is written. `queued_at`
+        stamps `created_at` (which decides the item's hour partition) for items queued elsewhere first; default now.
         """
         rows, problems = _validate_items(items)
         if problems:
             raise QueueInputError(problems)
-        return self._append_new(rows)
+        return self._append_new(rows, _aware("queued_at", queued_at) if queued_at is not None else None)
 
     def enqueue_csv(self, path: str | os.PathLike[str]) -> list[str]:
         """Queue the rows of a CSV file with a header `conid,symbol[,priority][,account]`, in one commit.
@@ -281,20 +283,38 @@ class PositionQueue:
         return self._scan(self._open()).sort(_QUEUE_ORDER).collect()
 
     def claimable_count(
-        self, priority: int | None = Priority.MONITORING, *, now: datetime | None = None, max_attempts: int = 3
+        self,
+        priority: int | None = Priority.MONITORING,
+        *,
+        now: datetime | None = None,
+        max_attempts: int = 3,
+        queued_from: datetime | None = None,
+        queued_before: datetime | None = None,
     ) -> int:
-        """How many items `claim` could take now (same eligibility); read only.
+        """How many items `claim` could take now (same eligibility and window); read only.
 
-        What the sensor asks every tick: reads only the status, priority, attempts and retry_after columns.
+        Reads only the status, priority, attempts and retry_after (and created_at for a window) columns.
         """
-        at, cap = _utc(now), _check_max_attempts(max_attempts)
-        return int(self._claimable_scan(self._open(), priority, at, cap).select(pl.len()).collect().item())
+        at, cap = utc_or_now(now), _check_max_attempts(max_attempts)
+        scan = self._claimable_scan(self._open(), priority, at, cap, queued_from, queued_before)
+        return int(scan.select(pl.len()).collect().item())
+
+    def next_claimable_at(self, *, now: datetime | None = None, max_attempts: int = 3) -> datetime | None:
+        """The `created_at` of the item `claim(None, ...)` would take first (priority 1 first, then oldest), or None.
+
+        The sensor runs the partition of this item, so no item waits on the hour it was queued in.
+        """
+        at, cap = utc_or_now(now), _check_max_attempts(max_attempts)
+        first = (
+            self._claimable_scan(self._open(), None, at, cap).sort(_QUEUE_ORDER).head(1).select("created_at").collect()
+        )
+        return first["created_at"][0] if first.height else None
 
     def oldest_claimable_at(
         self, priority: int | None = Priority.MONITORING, *, now: datetime | None = None, max_attempts: int = 3
     ) -> datetime | None:
         """The `created_at` of the oldest item `claim` could take now, or None when there is none; read only."""
-        at, cap = _utc(now), _check_max_attempts(max_attempts)
+        at, cap = utc_or_now(now), _check_max_attempts(max_attempts)
         value = (
             self._claimable_scan(self._open(), priority, at, cap).select(pl.col("created_at").min()).collect().item()
         )
@@ -321,11 +341,14 @@ class PositionQueue:
         claimed_by: str,
         now: datetime | None = None,
         max_attempts: int = 3,
+        queued_from: datetime | None = None,
+        queued_before: datetime | None = None,
     ) -> pl.DataFrame:
         """Move up to `limit` claimable items (oldest first) to PROCESSING for run `claimed_by`; returns them.
 
         Claimable: PENDING, or FAILED with `attempts < max_attempts` and `retry_after <= now`. Each claim adds one to
-        `claims` and clears `retry_after`; `attempts` and the last error_message are kept.
+        `claims` and clears `retry_after`; `attempts` and the last error_message are kept. `queued_from` (inclusive)
+        and `queued_before` (exclusive) restrict it to items created in that window (a partition's hours).
 
         One MERGE per attempt, matching `request_id` AND the eligibility conditions as literals. Delta commits
         optimistically: if another claim (or mark) rewrote a file this one read, the commit fails with
@@ -336,13 +359,14 @@ class PositionQueue:
         run = _check_run_id(claimed_by)
         limit = _check_limit(limit)
         attempts_cap = _check_max_attempts(max_attempts)
-        at = _utc(now)
+        at = utc_or_now(now)
         eligible_sql = _claimable_sql(at, attempts_cap)
+        oldest_sql = f" AND t.created_at >= '{sql_timestamp(queued_from)}'" if queued_from is not None else ""
 
         def attempt() -> pl.DataFrame:
             dt = self._open()
             picked = (
-                self._claimable_scan(dt, priority, at, attempts_cap)
+                self._claimable_scan(dt, priority, at, attempts_cap, queued_from, queued_before)
                 .sort(_QUEUE_ORDER)
                 .head(limit)
                 .select("request_id", "created_at")
@@ -350,7 +374,7 @@ class PositionQueue:
             )
             if picked.is_empty():
                 return pl.DataFrame(schema=lake.QUEUE_SCHEMA)
-            newest = _sql_timestamp(picked["created_at"].max())
+            newest = sql_timestamp(picked["created_at"].max())
             source = picked.select("request_id").with_columns(
                 claimed_by=pl.lit(run, dtype=pl.String),
                 claimed_at=pl.lit(at, dtype=lake.UTC_TIMESTAMP),
@@ -361,7 +385,8 @@ class PositionQueue:
                     # The target row must still be claimable, checked on the row the MERGE rewrites. The literal
                     # conjuncts are redundant for the rows picked, but delta-rs checks conflicts with them: files
                     # appended since (newer, or in no claimable state) can then no longer fail this commit.
-                    predicate=f"({eligible_sql}) AND t.created_at <= '{newest}' AND t.request_id = s.request_id",
+                    predicate=f"({eligible_sql}){oldest_sql} AND t.created_at <= '{newest}' "
+                    "AND t.request_id = s.request_id",
                     source_alias="s",
                     target_alias="t",
                     streamed_exec=False,
@@ -452,7 +477,7 @@ class PositionQueue:
             {"request_id": ids, "error_message": messages},
             schema={"request_id": pl.String, "error_message": pl.String},
         )
-        at = _utc(now)
+        at = utc_or_now(now)
 
         def with_retry_after(dt: DeltaTable, source: pl.DataFrame) -> pl.DataFrame:
             current = (
@@ -501,6 +526,56 @@ class PositionQueue:
             allowed=(QueueStatus.PROCESSING, QueueStatus.FAILED),
         )
 
+    def requeue_failed(self, *, since: datetime | None = None, now: datetime | None = None) -> int:
+        """Put FAILED items back to PENDING with attempts reset to 0, in one commit; returns how many changed.
+
+        The operator's way back for items that used up `max_attempts` (or wait out a backoff): `claim` takes them
+        again at once, with every attempt available. `since` (timezone-aware) keeps only items that failed at or
+        after it (their updated_at). The claim and retry_after are cleared; error_message stays, so the last error is
+        visible until `mark_success` clears it, and `claims` stays, so the pipeline still looks for a row an earlier
+        run wrote.
+
+        The FAILED items are looked up again on every retry, and the MERGE re-checks the status (and `since`) on the
+        row it rewrites: an item a run claims or marks meanwhile stays that run's.
+        """
+        at = utc_or_now(now)
+        start = None if since is None else _aware("since", since)
+        conditions = [_status_in([QueueStatus.FAILED]), "t.request_id = s.request_id"]
+        if start is not None:
+            conditions.append(f"t.updated_at >= '{sql_timestamp(start)}'")
+
+        def failed(dt: DeltaTable, _: pl.DataFrame) -> pl.DataFrame:
+            return self._failed_scan(dt, start).select("request_id").collect()
+
+        return self._merge_update(
+            "requeue_failed",
+            pl.DataFrame(schema={"request_id": pl.String}),
+            conditions,
+            {**_RELEASED, "attempts": "0"},
+            None,
+            at,
+            prepare=failed,
+            warn_unchanged=False,
+        )
+
+    def failed_items(self, since: datetime | None = None, limit: int | None = None) -> pl.DataFrame:
+        """FAILED items in QUEUE_SCHEMA, newest failure first; read only.
+
+        The items `requeue_failed` would take with the same `since` (an operator's dry run); `limit` keeps the
+        newest. Ordered by updated_at (when it failed), then created_at and request_id, all descending.
+        """
+        start = None if since is None else _aware("since", since)
+        count = None if limit is None else _check_limit(limit)
+        scan = self._failed_scan(self._open(), start).sort(["updated_at", "created_at", "request_id"], descending=True)
+        return (scan if count is None else scan.head(count)).collect()
+
+    def _failed_scan(self, dt: DeltaTable, since: datetime | None) -> pl.LazyFrame:
+        """FAILED rows, only those that failed at or after `since` when given: what `requeue_failed` takes."""
+        condition = pl.col("status") == QueueStatus.FAILED.value
+        if since is not None:
+            condition &= pl.col("updated_at") >= since
+        return self._scan(dt).filter(condition)
+
     def release_runs(self, run_ids: str | Iterable[str], *, now: datetime | None = None) -> int:
         """Put every item these runs hold PROCESSING back to PENDING in one commit; returns how many changed.
 
@@ -530,7 +605,7 @@ class PositionQueue:
             [_status_in([QueueStatus.PROCESSING]), "t.request_id = s.request_id", "t.claimed_by = s.claimed_by"],
             _RELEASED,
             None,
-            _utc(now),
+            utc_or_now(now),
             prepare=held_items,
             warn_unchanged=False,
         )
@@ -543,7 +618,7 @@ class PositionQueue:
         """
         if older_than <= timedelta(0):
             raise ValueError(f"older_than must be positive, got {older_than}")
-        at = _utc(now)
+        at = utc_or_now(now)
         stale = (
             self._scan(self._open())
             .filter((pl.col("status") == QueueStatus.PROCESSING.value) & (pl.col("claimed_at") < at - older_than))
@@ -575,7 +650,7 @@ class PositionQueue:
         adds nothing. Legacy PROCESSING items had no owner that survives the migration, so they come back PENDING.
         Every row is validated first; one bad row raises QueueInputError and nothing is written.
         """
-        options = lake.checked_storage_options(storage_options) or self._storage_options
+        options = lake.resolve_storage_options(source_uri, storage_options)
         source = pl.scan_delta(DeltaTable(source_uri, storage_options=options)).collect()
         rows = _legacy_rows(source)
 
@@ -616,7 +691,7 @@ class PositionQueue:
 
     # Internals
 
-    def _append_new(self, rows: list[_Item]) -> list[str]:
+    def _append_new(self, rows: list[_Item], queued_at: datetime | None = None) -> list[str]:
         """Append validated items as PENDING in one commit.
 
         delta-rs re-commits an append by itself past other appends, but fails it when a claim or mark rewrote files
@@ -624,7 +699,7 @@ class PositionQueue:
         """
         if not rows:
             return []
-        frame = _new_items(rows, _utc(None))
+        frame = _new_items(rows, utc_or_now(queued_at))
         data = _to_arrow(frame)
         self._retrying(
             "insert",
@@ -664,7 +739,7 @@ class PositionQueue:
             conditions.append("t.claimed_by = s.claimed_by")
         conditions.extend(extra_conditions)
         source = source.with_columns(claimed_by=pl.lit(run, dtype=pl.String))
-        return self._merge_update(operation, source, conditions, updates, run, _utc(now), prepare=prepare)
+        return self._merge_update(operation, source, conditions, updates, run, utc_or_now(now), prepare=prepare)
 
     def _merge_update(
         self,
@@ -756,9 +831,22 @@ class PositionQueue:
         """A lazy read of exactly the version `dt` holds; collect before `dt` changes version."""
         return pl.scan_delta(dt).select(lake.QUEUE_SCHEMA.names())
 
-    def _claimable_scan(self, dt: DeltaTable, priority: int | None, at: datetime, max_attempts: int) -> pl.LazyFrame:
+    def _claimable_scan(
+        self,
+        dt: DeltaTable,
+        priority: int | None,
+        at: datetime,
+        max_attempts: int,
+        queued_from: datetime | None = None,
+        queued_before: datetime | None = None,
+    ) -> pl.LazyFrame:
         """The rows `claim` may take at `at`, lazily: polars reads only the columns the caller then selects."""
-        return self._scan(dt).filter(_priority_filter(priority) & _claimable(at, max_attempts))
+        condition = _priority_filter(priority) & claimable_filter(at, max_attempts)
+        if queued_from is not None:
+            condition &= pl.col("created_at") >= _aware("queued_from", queued_from)
+        if queued_before is not None:
+            condition &= pl.col("created_at") < _aware("queued_before", queued_before)
+        return self._scan(dt).filter(condition)
 
     def _commit_properties(self, operation: str, run: str | None, items: int) -> CommitProperties:
         """Commit metadata that makes the table history say which queue call wrote each version."""
@@ -813,7 +901,7 @@ def retry_delay(
     return backoff * 2**attempts_before
 
 
-def _claimable(at: datetime, max_attempts: int) -> pl.Expr:
+def claimable_filter(at: datetime, max_attempts: int) -> pl.Expr:
     """Rows `claim` may take at `at`: PENDING, or FAILED under `max_attempts` and past retry_after."""
     return (pl.col("status") == QueueStatus.PENDING.value) | (
         (pl.col("status") == QueueStatus.FAILED.value)
@@ -826,8 +914,14 @@ def _claimable_sql(at: datetime, max_attempts: int) -> str:
     """`_claimable` on the MERGE target, with literal values only (delta-rs checks conflicts against them)."""
     return (
         f"t.status = '{QueueStatus.PENDING}' OR (t.status = '{QueueStatus.FAILED}'"
-        f" AND t.attempts < {int(max_attempts)} AND t.retry_after <= '{_sql_timestamp(at)}')"
+        f" AND t.attempts < {int(max_attempts)} AND t.retry_after <= '{sql_timestamp(at)}')"
     )
+
+
+def _aware(name: str, moment: datetime) -> datetime:
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {moment!r}")
+    return moment.astimezone(UTC)
 
 
 def _check_max_attempts(max_attempts: int) -> int:
@@ -850,7 +944,7 @@ def _status_in(statuses: Sequence[QueueStatus]) -> str:
     return "t.status IN ({})".format(", ".join(f"'{s}'" for s in statuses))
 
 
-def _sql_timestamp(value: object) -> str:
+def sql_timestamp(value: object) -> str:
     """A UTC timestamp literal with microseconds, as DataFusion compares it against a `timestamp` column."""
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise TypeError(f"expected an aware datetime, got {value!r}")
@@ -882,7 +976,7 @@ def _check_request_ids(request_ids: str | Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def _utc(now: datetime | None) -> datetime:
+def utc_or_now(now: datetime | None) -> datetime:
     """`now` as an aware UTC datetime (the current time for None); naive input is refused, not guessed."""
     if now is None:
         return datetime.now(UTC)

@@ -2,7 +2,8 @@
 
 Every per-deployment value comes from an environment variable through `dg.EnvVar`, so the Dagster UI shows which
 variable configures it. A variable that is not set leaves the field at its default, which points at a local IB
-Gateway's paper port (127.0.0.1:4002) and a `.lake` folder in the working directory.
+Gateway's paper port (127.0.0.1:4002) and a `.lake` folder in the working directory. An s3:// lake takes its
+credentials, region and endpoint from the AWS_* variables `lake.storage_options_for` names.
 """
 
 import os
@@ -10,12 +11,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import dagster as dg
-from dagster_deltalake import LocalConfig, WriteMode
-from dagster_deltalake_polars import DeltaLakePolarsIOManager
+from dagster_deltalake import LocalConfig, S3Config, WriteMode
+from dagster_deltalake.config import ClientConfig
 from pydantic import Field
 
 from . import lake
 from .ib_reader import IBSettings, IBSnapshot, read_snapshot
+from .io_managers import PositionUpdatesIOManager
 from .queue import PositionQueue
 
 
@@ -69,11 +71,15 @@ class LakeResource(dg.ConfigurableResource):
 
     root_uri: str = Field(description="Lake root (POSITION_LAKE_URI); tables live under {root_uri}/positions/.")
 
+    def storage_options(self) -> lake.StorageOptions | None:
+        """delta-rs options for this lake, from the environment of the process using it (a run, the sensor)."""
+        return lake.storage_options_for(self.root_uri)
+
     def queue(self) -> PositionQueue:
-        return PositionQueue(lake.table_uri(self.root_uri, lake.QUEUE_TABLE))
+        return PositionQueue(lake.table_uri(self.root_uri, lake.QUEUE_TABLE), self.storage_options())
 
     def position_updates_uri(self) -> str:
-        return lake.ensure_position_updates_table(self.root_uri)
+        return lake.ensure_position_updates_table(self.root_uri, self.storage_options())
 
 
 def _env_or(name: str, default: Any, kind: type = str) -> Any:
@@ -99,11 +105,38 @@ def lake_resource() -> LakeResource:
     return LakeResource(root_uri=_env_or(lake.LAKE_URI_VARIABLE, lake.lake_root()))
 
 
-def delta_io_manager() -> DeltaLakePolarsIOManager:
+def delta_io_manager() -> PositionUpdatesIOManager:
     """Appends only: overwrite mode would replace whole partitions of position history."""
-    return DeltaLakePolarsIOManager(
+    storage, client = delta_storage_config(lake.lake_root())
+    return PositionUpdatesIOManager(
         root_uri=_env_or(lake.LAKE_URI_VARIABLE, lake.lake_root()),
         schema=lake.SCHEMA_NAME,
         mode=WriteMode.append,
-        storage_options=LocalConfig(),
+        storage_options=storage,
+        client_options=client,
     )
+
+
+_S3_CONFIG_FIELDS = {
+    "AWS_ACCESS_KEY_ID": "access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "secret_access_key",
+    "AWS_SESSION_TOKEN": "token",
+    "AWS_REGION": "region",
+    "AWS_ENDPOINT_URL": "endpoint",
+}
+"""S3Config's field for each of lake.S3_ENVIRONMENT but AWS_ALLOW_HTTP, which is ClientConfig.allow_http."""
+
+
+def delta_storage_config(root: str) -> tuple[LocalConfig | S3Config, ClientConfig | None]:
+    """The Delta IO manager's storage config for lake `root`: the options `lake.storage_options_for` decides.
+
+    LocalConfig for a folder or file:// URI. For s3:// an S3Config whose fields are `dg.EnvVar`s of the variables set
+    now: values resolve in the run's own process and secrets stay out of the UI. ValueError for other schemes.
+    """
+    options = lake.storage_options_for(root)
+    if options is None:
+        return LocalConfig(), None
+    fields: dict[str, Any] = {field: dg.EnvVar(name) for name, field in _S3_CONFIG_FIELDS.items() if name in options}
+    allow_http = options.get("AWS_ALLOW_HTTP")
+    client = None if allow_http is None else ClientConfig(allow_http=allow_http.lower() in lake.TRUE_VALUES)
+    return S3Config(**fields), client

@@ -2,10 +2,13 @@
 
 import json
 import time
+from datetime import timedelta
 
 import dagster as dg
 
-from .jobs import MAX_RUNTIME_SECONDS, SYNC_JOB_NAME, position_sync_job
+from .assets import SENSOR_BATCH_SIZE
+from .jobs import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS, SYNC_JOB_NAME, position_sync_job
+from .partitions import partition_key_for
 from .queue import PositionQueue
 from .resources import LakeResource
 
@@ -26,14 +29,15 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Every 5 s: gives back the claims of sync runs that ended without writing back, then requests one sync run "
-        "when the queue has claimable items (any priority, 1 first) and no sync run is queued or in progress. "
-        "After failed sync runs it waits 10 s, 20 s, 40 s ... (at most 5 min) before trying again."
+        "Every 5 s: gives back the claims of sync runs that ended without writing back (and any claim older than "
+        f"the {CLAIM_LEASE_SECONDS} s lease), then requests one sync run of {SENSOR_BATCH_SIZE} items for the hour "
+        "partition of the next claimable item (priority 1 first, then oldest) when no sync run is queued or in "
+        "progress. After failed sync runs it waits 10 s, 20 s, 40 s ... (at most 5 min) before trying again."
     ),
 )
 def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
     queue = lake.queue()
-    released = _release_claims_of_finished_runs(context, queue)
+    released = _release_claims_of_finished_runs(context, queue) + _release_expired_claims(context, queue)
     note = f" (gave back {released} items of finished runs)" if released else ""
     active = context.instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME, statuses=_ACTIVE), limit=1)
     if active:
@@ -46,14 +50,22 @@ def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource
     wait = _backoff_after_failures(context)
     if wait:
         return dg.SkipReason(wait + note)
-    claimable = queue.claimable_count(priority=None)
-    if claimable == 0:
+    next_queued_at = queue.next_claimable_at()
+    if next_queued_at is None:
         return dg.SkipReason(f"no claimable items in the queue{note}")
+    partition_key = partition_key_for(next_queued_at)
     tick = json.loads(context.cursor or "{}").get("tick", 0) + 1
     # The tick makes a replayed evaluation reuse its key; the queue version keeps keys new after a cursor reset.
     run_key = f"sync-{tick}-v{queue.version()}"
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=run_key, tags={"claimable_at_request": str(claimable)})],
+        run_requests=[
+            dg.RunRequest(
+                run_key=run_key,
+                partition_key=partition_key,
+                run_config={"ops": {"queued_positions": {"config": {"batch_size": SENSOR_BATCH_SIZE}}}},
+                tags={"next_queued_at": next_queued_at.isoformat()},
+            )
+        ],
         cursor=json.dumps({"tick": tick}),
     )
 
@@ -76,6 +88,15 @@ def _backoff_after_failures(context: dg.SensorEvaluationContext) -> str | None:
         f"the last {failures} sync run(s) failed (latest {recent[0].dagster_run.run_id}: see its error in the UI); "
         f"next try in {retry_at - time.time():.0f} s"
     )
+
+
+def _release_expired_claims(context: dg.SensorEvaluationContext, queue: PositionQueue) -> int:
+    """A claim older than the lease belongs to a run Dagster never reported finished (its worker and monitoring
+    died with it): give it back. A live run that lost its claim writes nothing (it re-checks before its append)."""
+    released = queue.release_stale(timedelta(seconds=CLAIM_LEASE_SECONDS))
+    if released:
+        context.log.warning(f"released {released} items whose claim was older than {CLAIM_LEASE_SECONDS} s")
+    return released
 
 
 def _release_claims_of_finished_runs(context: dg.SensorEvaluationContext, queue: PositionQueue) -> int:

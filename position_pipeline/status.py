@@ -320,8 +320,10 @@ def _open(uri: str) -> DeltaTable | None:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from . import lake
+
     try:
-        return DeltaTable(uri)
+        return DeltaTable(uri, storage_options=lake.storage_options_for(uri))
     except TableNotFoundError:
         return None
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -188,3 +188,74 @@ def _run_figures(dagster_home: str) -> dict[str, float]:
         "run_total_median_s": round(statistics.median(total), 2),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),  # type: ignore[dict-item]
     }
+
+
+def test_a_backfill_through_the_daemon_catches_up_an_outage_while_the_sensor_runs(daemon_env, daemon) -> None:  # type: ignore[no-untyped-def]
+    """Items queued over three past hours wait out an outage; `position-pipeline backfill --wait` stores an asset
+    backfill that the daemon launches as one run, next to the sensor's runs. Each item ends SUCCESS with one row; the
+    same backfill again adds no row."""
+    env, sim, state, tmp_path = daemon_env
+    root = env["POSITION_LAKE_URI"]
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    holdings = list(state.positions())[:300]
+    now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
+    ids: list[str] = []
+    for hours_ago, chunk in ((3, holdings[:100]), (2, holdings[100:200]), (1, holdings[200:])):
+        items = [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in chunk]
+        ids += queue.insert_many(items, queued_at=now - timedelta(hours=hours_ago))
+    window = ["--from", (now - timedelta(hours=3)).isoformat(), "--to", (now - timedelta(hours=1)).isoformat()]
+
+    def backfill() -> dict[str, object]:
+        command = [
+            sys.executable,
+            "-m",
+            "position_pipeline",
+            "backfill",
+            *window,
+            "--wait",
+            "--json",
+            "--timeout",
+            "240",
+        ]
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "daemon.log").read_text()[-3000:]
+        return json.loads(done.stdout)
+
+    first = backfill()
+    assert first["partitions"] == 3 and first["status"] == "COMPLETED_SUCCESS", first
+    rows = pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
+    assert isinstance(rows, pl.DataFrame)
+    assert sorted(rows["request_id"].to_list()) == sorted(ids)  # each item exactly once, sensor and backfill together
+    assert queue.counts()[QueueStatus.SUCCESS] == 300
+    assert (rows["snapshot_at"] > rows["queued_at"] + timedelta(minutes=30)).all()  # as of the backfill, not the hour
+
+    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    try:
+        with dg.DagsterInstance.get() as instance:
+            runs = instance.get_run_records(dg.RunsFilter.for_backfill(str(first["backfill_id"])))
+            assert len(runs) == 1  # single-run backfill policy: three hours, one run
+            tags = runs[0].dagster_run.tags
+            first_key = (now - timedelta(hours=3)).strftime("%Y-%m-%d-%H:00")
+            assert tags["dagster/asset_partition_range_start"] == first_key
+            claimed = [
+                e.asset_materialization.metadata["claimed"].value  # type: ignore[union-attr]
+                for e in instance.all_logs(
+                    runs[0].dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+                )
+                if e.asset_materialization is not None
+                and e.asset_materialization.asset_key.path == ["queued_positions"]
+            ]
+            sensor_runs = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
+    finally:
+        del os.environ["DAGSTER_HOME"]
+    # The sensor drained 50 at a time meanwhile; the backfill took what was left in one batch.
+    assert claimed and claimed[0] + 50 * len(sensor_runs) >= 300, (claimed, len(sensor_runs))
+
+    version = DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version()
+    second = backfill()
+    assert second["status"] == "COMPLETED_SUCCESS"
+    again = pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
+    assert isinstance(again, pl.DataFrame)
+    assert again.height == 300  # nothing added
+    assert DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version() == version  # not even empty commits
+    assert not any(r.is_order or r.is_market_data for r in sim.requests())

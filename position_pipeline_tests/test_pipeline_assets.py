@@ -4,19 +4,21 @@ simulated gateway. Checks values, write-back, exactly-once after a crash, and wh
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 from dagster_deltalake import LocalConfig
-from dagster_deltalake_polars import DeltaLakePolarsIOManager
 from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline import lake
 from position_pipeline.assets import ib_snapshot, position_queue, position_updates, queued_positions
 from position_pipeline.definitions import defs
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline.io_managers import PositionUpdatesIOManager
+from position_pipeline.partitions import hour_key, partition_range_tags
 from position_pipeline.queue import PositionQueue, QueueStatus
 from position_pipeline.resources import IBResource, LakeResource
 from position_pipeline.snapshot import position_update_rows, snapshot_results
@@ -40,7 +42,7 @@ def resources(lake_root: str, sim: GatewayThread, **ib: object) -> dict[str, obj
     return {
         "ib": IBResource(port=sim.port, request_timeout=2.0, connect_timeout=3.0, **ib),
         "lake": LakeResource(root_uri=lake_root),
-        "delta_io_manager": DeltaLakePolarsIOManager(
+        "delta_io_manager": PositionUpdatesIOManager(
             root_uri=lake_root, schema=lake.SCHEMA_NAME, mode="append", storage_options=LocalConfig()
         ),
         "batch_io_manager": dg.mem_io_manager,
@@ -50,12 +52,14 @@ def resources(lake_root: str, sim: GatewayThread, **ib: object) -> dict[str, obj
 def run_sync(
     lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance, batch_size: int = 50, **ib: object
 ) -> dg.ExecuteInJobResult:
+    """One run over the last two hour partitions, so an item queued just before an hour turned is still taken."""
     return dg.materialize(
         ASSETS,
         selection=[queued_positions, ib_snapshot, position_updates],
         resources=resources(lake_root, sim, **ib),
         instance=instance,
         run_config=dg.RunConfig({"queued_positions": {"config": {"batch_size": batch_size}}}),
+        tags=partition_range_tags(hour_key(datetime.now(UTC) - timedelta(hours=1)), hour_key(datetime.now(UTC))),
         raise_on_error=False,
     )
 
@@ -216,3 +220,15 @@ def test_a_run_that_lost_its_claims_writes_nothing(lake_root: str) -> None:
     queue.claim(None, 10, claimed_by="run-b")
     assert queue.held_by(ids, "run-a") == set()
     assert queue.held_by(ids, "run-b") == set(ids)
+
+
+def test_an_empty_batch_writes_no_commit(lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance) -> None:
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    enqueue_held(queue, sim.call(lambda gw: gw.state), 3)
+    assert run_sync(lake_root, sim, instance).success
+    version = DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE)).version()
+    result = run_sync(lake_root, sim, instance)
+    assert result.success
+    assert DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE)).version() == version
+    metadata = result.asset_materializations_for_node("position_updates")[0].metadata
+    assert metadata["rows_written"].value == 0 and metadata["table_version"].value == version

@@ -909,3 +909,175 @@ def test_concurrent_claimers_never_share_pending_or_retryable_items(queue: Posit
     assert set(table["claims"]) == {2}
     by_id = {r["request_id"]: r for r in table.iter_rows(named=True)}
     assert {by_id[i]["attempts"] for i in failed} == {1} and {by_id[i]["attempts"] for i in pending} == {0}
+
+
+# Requeueing FAILED items: the operator's way back
+
+
+def _one_item_per_status(queue: PositionQueue) -> dict[str, str]:
+    """PENDING, PROCESSING (run-1), SUCCESS, FAILED waiting out a backoff, and FAILED with no attempts left (3)."""
+    names = ["pending", "processing", "success", "backoff", "exhausted"]
+    ids = dict(zip(names, queue.insert_many([(n, name.upper()) for n, name in enumerate(names, 1)]), strict=True))
+    queue.claim(priority=None, limit=5, claimed_by="run-1", now=T0)
+    assert queue.release(ids["pending"], claimed_by="run-1") == 1
+    assert queue.mark_success(ids["success"], claimed_by="run-1") == 1
+    assert queue.mark_failed(ids["backoff"], "timeout", claimed_by="run-1", now=T0) == 1
+    assert queue.mark_failed(ids["exhausted"], "not held (1)", claimed_by="run-1", now=T0) == 1
+    for n in (2, 3):  # the design note's unguarded call: counts attempts the same way
+        assert queue.mark_failed(ids["exhausted"], f"not held ({n})", now=T0 + timedelta(minutes=n)) == 1
+    return ids
+
+
+def test_requeue_failed_reopens_only_failed_items_with_attempts_reset(queue: PositionQueue, uri: str) -> None:
+    ids = _one_item_per_status(queue)
+    before = {r["request_id"]: r for r in queue.read().iter_rows(named=True)}
+    assert (before[ids["backoff"]]["attempts"], before[ids["exhausted"]]["attempts"]) == (1, 3)
+    at = T0 + timedelta(seconds=10)  # the backoff item's retry_after (T0 + 30 s) has not passed
+    assert queue.claimable_count(priority=None, now=at) == 1  # only the PENDING one
+    start = version(uri)
+
+    assert queue.requeue_failed(now=at) == 2
+
+    assert version(uri) == start + 1, "one commit"
+    after = {r["request_id"]: r for r in queue.read().iter_rows(named=True)}
+    for name in ("pending", "processing", "success"):
+        assert after[ids[name]] == before[ids[name]], f"{name} item changed"
+    for name, error in (("backoff", "timeout"), ("exhausted", "not held (3)")):
+        row, old = after[ids[name]], before[ids[name]]
+        assert (row["status"], row["attempts"], row["retry_after"]) == ("PENDING", 0, None)
+        assert (row["claimed_by"], row["claimed_at"], row["updated_at"]) == (None, None, at)
+        assert row["error_message"] == error, "the last error stays visible until the item succeeds"
+        assert (row["claims"], row["created_at"]) == (old["claims"], old["created_at"])
+
+    # claim() takes them again at once, with every attempt available.
+    assert queue.claimable_count(priority=None, now=at) == 3
+    claimed = queue.claim(priority=None, limit=10, claimed_by="run-2", now=at)
+    assert claimed["request_id"].to_list() == [ids["pending"], ids["backoff"], ids["exhausted"]]
+    assert queue.mark_failed(ids["exhausted"], "still not held", claimed_by="run-2", now=at) == 1
+    assert _row(queue, ids["exhausted"])["attempts"] == 1
+    assert queue.mark_success(ids["backoff"], claimed_by="run-2") == 1
+    assert _row(queue, ids["backoff"])["error_message"] is None  # success clears it, as before
+
+    start = version(uri)
+    assert queue.requeue_failed(now=at) == 1  # the one that failed again
+    assert queue.requeue_failed(now=at) == 0
+    assert version(uri) == start + 1, "nothing left to requeue: no commit"
+
+
+def test_requeue_failed_since_and_failed_items(queue: PositionQueue, uri: str) -> None:
+    ids = queue.insert_many([(1, "A"), (2, "B"), (3, "C"), (4, "D")])
+    queue.claim(limit=4, claimed_by="run-1", now=T0)
+    for n, item in enumerate(ids[:3]):
+        assert queue.mark_failed(item, f"error {n}", claimed_by="run-1", now=T0 + timedelta(hours=n)) == 1
+    since = T0 + timedelta(hours=1)
+    start = version(uri)
+
+    listed = queue.failed_items(since=since)
+    assert listed.schema == lake.QUEUE_SCHEMA
+    assert listed["request_id"].to_list() == [ids[2], ids[1]]  # newest failure first; since itself included
+    assert listed["error_message"].to_list() == ["error 2", "error 1"]
+    assert queue.failed_items()["request_id"].to_list() == [ids[2], ids[1], ids[0]]
+    assert queue.failed_items(limit=1)["request_id"].to_list() == [ids[2]]
+    assert version(uri) == start, "failed_items must not write"
+
+    for bad in ({"since": datetime(2030, 1, 2, 10, 30)}, {"now": datetime(2030, 1, 2, 12)}):
+        with pytest.raises(ValueError, match="timezone-aware"):
+            queue.requeue_failed(**bad)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        queue.failed_items(since=datetime(2030, 1, 2, 10, 30))
+    with pytest.raises(ValueError, match="limit"):
+        queue.failed_items(limit=0)
+    assert version(uri) == start, "refused arguments write nothing"
+
+    # The same instant written with another offset selects the same items.
+    eastern = datetime.fromisoformat("2030-01-02T05:30:00-05:00")
+    assert eastern == since
+    assert queue.requeue_failed(since=eastern, now=T0 + timedelta(hours=3)) == 2
+    rows = {r["request_id"]: r for r in queue.read().iter_rows(named=True)}
+    assert [rows[i]["status"] for i in ids] == ["FAILED", "PENDING", "PENDING", "PROCESSING"]
+    assert (rows[ids[0]]["attempts"], rows[ids[0]]["error_message"]) == (1, "error 0")
+    assert queue.failed_items()["request_id"].to_list() == [ids[0]]
+
+
+def test_requeue_failed_retries_past_a_claim_that_landed_first(queue: PositionQueue, uri: str) -> None:
+    """A run claims retryable FAILED items while the operator requeues: the claim stays the run's."""
+    ids = queue.insert_many([(i, f"S{i}") for i in range(1, 5)])
+    queue.claim(limit=4, claimed_by="run-1", now=T0)
+    assert queue.mark_failed_many(dict.fromkeys(ids, "first try"), claimed_by="run-1", now=T0) == 4
+    stale = DeltaTable(uri)  # what the requeue reads before the claim below commits
+    taken = queue.claim(limit=2, claimed_by="run-2", now=T0 + timedelta(minutes=1))
+    assert taken["request_id"].to_list() == ids[:2]
+
+    # The first attempt MERGEs on the stale snapshot, where all four are FAILED: Delta refuses that commit (the
+    # claim rewrote the rows it read), and the retry re-reads and requeues only what is still FAILED.
+    opened: list[DeltaTable] = []
+    fresh = queue._open
+
+    def open_stale_first() -> DeltaTable:
+        opened.append(stale if not opened else fresh())
+        return opened[-1]
+
+    queue._open = open_stale_first  # type: ignore[method-assign]
+    assert queue.requeue_failed(now=T0 + timedelta(minutes=2)) == 2
+    queue._open = fresh  # type: ignore[method-assign]
+    assert len(opened) == 2, "the stale attempt must have conflicted and been retried"
+
+    rows = {r["request_id"]: r for r in queue.read().iter_rows(named=True)}
+    assert [(rows[i]["status"], rows[i]["claimed_by"], rows[i]["attempts"]) for i in ids] == [
+        ("PROCESSING", "run-2", 1),
+        ("PROCESSING", "run-2", 1),
+        ("PENDING", None, 0),
+        ("PENDING", None, 0),
+    ]
+    assert queue.mark_success(ids[:2], claimed_by="run-2") == 2, "run-2 still holds its claim"
+
+
+def _claim_when_started(uri: str, run: str, ready: Any, start: Any, results: Any) -> None:
+    """Child process: say it is ready (imports done), then claim batches of 5 until the queue has nothing claimable."""
+    ready.put(run)
+    _claim_until_empty(uri, run, 5, start, results)
+
+
+@pytest.mark.timeout(90)
+def test_requeue_during_concurrent_claims_loses_nothing(queue: PositionQueue, uri: str) -> None:
+    """Two processes claim PENDING and retryable FAILED items while this one requeues every FAILED item."""
+    failed, pending = _fail_every_other(uri, 160)
+    ready, start, results = SPAWN.Queue(), SPAWN.Event(), SPAWN.Queue()
+    processes = [
+        SPAWN.Process(target=_claim_when_started, args=(uri, f"run-{n}", ready, start, results), name=f"claimer-{n}")
+        for n in range(2)
+    ]
+    for p in processes:
+        p.start()
+    for _ in processes:
+        ready.get(timeout=30)
+    start.set()
+    deadline = time.monotonic() + 30
+    while not queue.claims_by_run():  # requeue once the claimers are under way
+        assert time.monotonic() < deadline, "no claimer claimed anything"
+        time.sleep(0.005)
+    while True:  # like a claimer: an operator whose requeue lost every retry runs it again
+        try:
+            requeued = queue.requeue_failed()
+            break
+        except CommitFailedError:
+            assert time.monotonic() < deadline, "requeue never committed"
+    reports = _collect(results, len(processes), timeout=60)
+    _join(processes)
+
+    claimed = [i for got in reports.values() for i in got]
+    assert [i for i, n in Counter(claimed).items() if n > 1] == []
+    table = {r["request_id"]: r for r in queue.read().iter_rows(named=True)}
+    assert set(table) == set(failed + pending)
+    owner = {i: run for run, got in reports.items() for i in got}
+    for item, row in table.items():
+        if item in owner:
+            assert (row["status"], row["claimed_by"]) == ("PROCESSING", owner[item])
+        else:  # the claimers stopped when they found nothing; what the requeue gave back after that waits
+            assert (row["status"], row["attempts"]) == ("PENDING", 0)
+    # A FAILED item was either claimed before the requeue (attempts kept) or requeued (attempts 0): never both.
+    claimed_first = [i for i in failed if table[i]["attempts"] == 1]
+    assert requeued == len(failed) - len(claimed_first)
+    assert claimed_first, "the first claim (oldest first: failed and pending alternate) came before the requeue"
+    assert all(table[i]["status"] == "PROCESSING" for i in claimed_first)
+    assert {table[i]["attempts"] for i in pending} == {0}

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from position_pipeline import lake
-from position_pipeline.jobs import SYNC_JOB_NAME
+from position_pipeline.assets import SENSOR_BATCH_SIZE
+from position_pipeline.jobs import CLAIM_LEASE_SECONDS, SYNC_JOB_NAME
+from position_pipeline.partitions import hour_key, partition_key_for, queued_hour_partitions, queued_window
 from position_pipeline.queue import PositionQueue, QueueStatus
 from position_pipeline.resources import LakeResource
 from position_pipeline.sensors import position_sync_sensor
@@ -131,3 +134,52 @@ def test_keeps_the_claims_of_a_run_still_in_progress(instance: dg.DagsterInstanc
     queue.claim(2, 1, claimed_by=running)
     assert isinstance(evaluate(instance, lake_root), dg.SkipReason)
     assert queue.claims_by_run() == {running: 1}
+
+
+def test_requests_the_hour_partition_of_the_next_claimable_item_with_a_sensor_sized_batch(
+    instance: dg.DagsterInstance, lake_root: str
+) -> None:
+    """Items of past hours are picked up without an operator: the run is for their hour, priority 1 first."""
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    now = datetime.now(UTC)
+    queue.insert_many([(265598, "AAPL")], queued_at=now - timedelta(hours=5))
+    queue.insert_many([(272093, "MSFT", 1)], queued_at=now - timedelta(hours=2))
+    result = evaluate(instance, lake_root)
+    assert isinstance(result, dg.SensorResult)
+    [request] = result.run_requests or []
+    assert request.partition_key == hour_key(now - timedelta(hours=2))  # priority 1 first
+    assert request.run_config == {"ops": {"queued_positions": {"config": {"batch_size": SENSOR_BATCH_SIZE}}}}
+
+    claimed = queue.claim(1, 10, claimed_by="run-1")
+    assert queue.mark_success(claimed["request_id"].to_list(), claimed_by="run-1") == 1
+    [request] = evaluate(instance, lake_root, cursor=result.cursor).run_requests or []  # type: ignore[union-attr]
+    assert request.partition_key == hour_key(now - timedelta(hours=5))
+
+
+def test_items_queued_before_the_first_partition_or_in_a_future_hour_map_to_existing_partitions() -> None:
+    now = datetime(2026, 11, 24, 10, 30, tzinfo=UTC)
+    assert partition_key_for(datetime(2020, 5, 1, tzinfo=UTC), now) == "2026-01-01-00:00"
+    assert partition_key_for(datetime(2026, 11, 24, 13, 0, tzinfo=UTC), now) == "2026-11-24-10:00"
+    assert partition_key_for(datetime(2026, 11, 24, 9, 59, 59, tzinfo=UTC), now) == "2026-11-24-09:00"
+    first = queued_window(queued_hour_partitions.time_window_for_partition_key("2026-01-01-00:00"), now)
+    assert first.start is None and first.end == datetime(2026, 1, 1, 1, tzinfo=UTC)  # and anything earlier
+    current = queued_window(queued_hour_partitions.time_window_for_partition_key("2026-11-24-10:00"), now)
+    assert current.start == datetime(2026, 11, 24, 10, tzinfo=UTC) and current.end is None  # and anything later
+    past = queued_window(queued_hour_partitions.time_window_for_partition_key("2026-11-24-08:00"), now)
+    assert (past.start, past.end) == (datetime(2026, 11, 24, 8, tzinfo=UTC), datetime(2026, 11, 24, 9, tzinfo=UTC))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        partition_key_for(datetime(2026, 11, 24, 10), now)
+
+
+def test_gives_back_claims_older_than_the_lease_even_when_the_run_is_unknown(
+    instance: dg.DagsterInstance, lake_root: str
+) -> None:
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue.insert_many([(265598, "AAPL"), (272093, "MSFT")])
+    long_ago = datetime.now(UTC) - timedelta(seconds=CLAIM_LEASE_SECONDS + 60)
+    queue.claim(None, 1, claimed_by="vanished-run", now=long_ago)
+    queue.claim(None, 1, claimed_by="live-run")  # within the lease: kept
+    result = evaluate(instance, lake_root)
+    assert isinstance(result, dg.SensorResult)
+    assert queue.claims_by_run() == {"live-run": 1}
+    assert queue.counts()[QueueStatus.PENDING] == 1

@@ -1,0 +1,538 @@
+"""The lake on an object store: both tables on a real S3-compatible server (moto's server mode) on loopback.
+
+The server is moto's own WSGI app in a werkzeug server on a free port, in a process of its own (some deltalake calls,
+such as `DeltaTable.history`, hold the GIL while they wait for the store), with one addition (`S3Store`): a lock
+around conditional PUTs. moto 5.2.5 honours PutObject If-None-Match: * (412 when the key exists) but checks and stores
+in two steps, so two racing PUTs of one key can both succeed (measured: 2 of 100 rounds of 8 racing PUTs had two
+winners with a 1 us thread switch interval). S3 decides put-if-absent atomically; the lock gives moto that guarantee,
+so the two-writer test checks delta-rs and the queue, not moto's race. The store also records every PUT, so the tests
+can see that delta-rs committed each Delta version with If-None-Match: *.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import queue as stdlib_queue
+import re
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import dagster as dg
+import polars as pl
+import pytest
+from botocore.exceptions import ClientError
+from dagster_deltalake import LocalConfig, S3Config
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from position_pipeline import cli, lake
+from position_pipeline.assets import ib_snapshot, position_queue, position_updates, queued_positions
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline.partitions import hour_key, partition_range_tags
+from position_pipeline.positions import latest_positions
+from position_pipeline.queue import PositionQueue, QueueStatus
+from position_pipeline.resources import (
+    IBResource,
+    LakeResource,
+    delta_io_manager,
+    delta_storage_config,
+    lake_resource,
+)
+from position_pipeline.status import collect_status
+
+pytestmark = pytest.mark.timeout(60)
+
+_COMMIT_FILE = re.compile(r"/_delta_log/(\d{20})\.json$")
+_PUTS_PATH = "/_s3_store/puts"  # not S3 paths: "_s3_store" is no valid bucket name
+_RACE_PATH = "/_s3_store/race"
+_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_ALLOW_HTTP": "true",
+}
+
+
+@dataclass(frozen=True)
+class Put:
+    """One PUT the store answered: the object path, its If-None-Match header, and the HTTP status."""
+
+    path: str
+    if_none_match: str | None
+    status: int
+
+
+@dataclass
+class S3Store:
+    """moto's S3 as a WSGI app, with conditional PUTs made atomic and every PUT recorded (GET _PUTS_PATH lists them).
+
+    A PUT is recorded before its response is sent, so a listing asked for after a write has returned includes it.
+    POST _RACE_PATH with a count n makes the next n conditional PUTs wait for each other (20 s at most) before they
+    are decided: writers that read the same table version then commit the same next version at the same moment,
+    which a test cannot otherwise arrange.
+    """
+
+    app: DomainDispatcherApplication = field(default_factory=lambda: DomainDispatcherApplication(create_backend_app))
+    puts: list[Put] = field(default_factory=list)
+    _conditional: threading.Lock = field(default_factory=threading.Lock)
+    _race: threading.Barrier | None = None
+    _race_left: int = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == _PUTS_PATH:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps([p.__dict__ for p in list(self.puts)]).encode()]
+        if environ["PATH_INFO"] == _RACE_PATH:
+            count = int(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+            with self._conditional:
+                self._race, self._race_left = threading.Barrier(count), count
+            start_response("204 No Content", [])
+            return []
+        if environ["REQUEST_METHOD"] != "PUT":
+            return self.app(environ, start_response)
+        condition = environ.get("HTTP_IF_NONE_MATCH")
+        if condition is not None:
+            self._join_race()
+        status: list[int] = []
+
+        def recording_start_response(text: str, headers: Any, *args: Any) -> Any:
+            status.append(int(text.split()[0]))
+            return start_response(text, headers, *args)
+
+        if condition is None:
+            body = self.app(environ, recording_start_response)
+        else:
+            with self._conditional:  # check and store in one step, as S3 does
+                body = self.app(environ, recording_start_response)
+        self.puts.append(Put(environ["PATH_INFO"], condition, status[0] if status else 0))
+        return body
+
+    def _join_race(self) -> None:
+        with self._conditional:
+            race = self._race
+            if race is None:
+                return
+            self._race_left -= 1
+            if self._race_left == 0:
+                self._race = None
+        # If another racer never comes, each is decided alone after the timeout and the test sees no refused commit.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            race.wait(timeout=20)
+
+
+class _QuietHandler(MotoRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def serve_s3(ready: Any) -> None:
+    """The server process: an S3Store on a free loopback port (sent back through `ready`) until terminated."""
+    server = make_server("127.0.0.1", 0, S3Store(), threaded=True, request_handler=_QuietHandler)
+    ready.put(server.server_address[1])
+    server.serve_forever()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=_S3_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=_S3_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name=_S3_ENV["AWS_REGION"],
+        )
+
+    def race_next_commits(self, count: int) -> None:
+        """Make the next `count` conditional PUTs (commits) reach the store together."""
+        request = urllib.request.Request(self.endpoint + _RACE_PATH, data=str(count).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def commits(self, bucket: str) -> list[Put]:
+        """The PUTs of Delta commit files (`_delta_log/NNN.json`) in `bucket`, in the order the store answered them."""
+        with urllib.request.urlopen(self.endpoint + _PUTS_PATH, timeout=10) as response:
+            puts = [Put(**p) for p in json.load(response)]
+        return [p for p in puts if p.path.startswith(f"/{bucket}/") and _COMMIT_FILE.search(p.path)]
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    """An S3-compatible server on a free loopback port, in its own process, for this module's tests."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Queue()
+    process = context.Process(target=serve_s3, args=(ready,), name="s3-store", daemon=True)
+    process.start()
+    try:
+        port = ready.get(timeout=30)
+        yield S3Server(f"http://127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.join(timeout=10)
+
+
+@pytest.fixture
+def bucket(s3_server: S3Server) -> str:
+    """A new bucket per test, so tests share the server but no tables."""
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_lake(s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """POSITION_LAKE_URI and the AWS_* variables of an operator pointing the pipeline at the bucket."""
+    root = f"s3://{bucket}/lake"
+    for name in ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**_S3_ENV, "AWS_ENDPOINT_URL": s3_server.endpoint, lake.LAKE_URI_VARIABLE: root}.items():
+        monkeypatch.setenv(name, value)
+    return root
+
+
+def log_versions(server: S3Server, bucket: str, table: str) -> list[int]:
+    """The versions of the commit files in a table's _delta_log, as listed by the store."""
+    prefix = f"lake/{lake.SCHEMA_NAME}/{table}/_delta_log/"
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return sorted(int(m.group(1)) for key in keys if (m := _COMMIT_FILE.search("/" + key)))
+
+
+def assert_contiguous_log(server: S3Server, bucket: str, root: str, table: str) -> int:
+    """Every version from 0 to the table's current one has exactly one commit file; returns that version."""
+    versions = log_versions(server, bucket, table)
+    current = DeltaTable(lake.table_uri(root, table), storage_options=lake.storage_options_for(root)).version()
+    assert versions == list(range(current + 1))
+    return current
+
+
+# The storage options: one helper decides them for every reader and writer.
+
+
+def test_storage_options_come_from_the_uri_scheme_and_the_aws_variables() -> None:
+    env = {**_S3_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_SESSION_TOKEN": " ", "HOME": "/root"}
+    assert lake.storage_options_for("/srv/lake", env) is None
+    assert lake.storage_options_for("file:///srv/lake", env) is None
+    assert lake.storage_options_for("s3://bucket/lake", env) == {**_S3_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    assert lake.storage_options_for("s3://bucket/lake", {}) == {}
+    assert lake.storage_options_for("s3://bucket/lake", {**env, "AWS_S3_ALLOW_UNSAFE_RENAME": "false"}) == {
+        **_S3_ENV,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_S3_ALLOW_UNSAFE_RENAME": "false",
+    }
+
+
+@pytest.mark.parametrize("name", ["AWS_S3_ALLOW_UNSAFE_RENAME", "aws_s3_allow_unsafe_rename"])
+def test_an_environment_allowing_unsafe_renames_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="disables atomic commits"):
+        lake.storage_options_for("s3://bucket/lake", {**_S3_ENV, name: "true"})
+    assert lake.storage_options_for("/srv/lake", {name: "true"}) is None  # a local lake never reads it
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/lake", "az://container/lake", "memory:///lake"])
+def test_other_schemes_are_refused_with_the_uri_named(uri: str) -> None:
+    with pytest.raises(ValueError, match=f"unsupported lake URI '{re.escape(uri)}'.*s3://"):
+        lake.storage_options_for(uri, {})
+    with pytest.raises(ValueError, match="unsupported lake URI"):
+        delta_storage_config(uri)
+
+
+def test_the_io_manager_config_follows_the_scheme_and_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in lake.S3_ENVIRONMENT:
+        monkeypatch.setenv(name, "true" if name == "AWS_ALLOW_HTTP" else f"value of {name}")
+    assert delta_storage_config("/srv/lake") == (LocalConfig(), None)
+    assert delta_storage_config("file:///srv/lake") == (LocalConfig(), None)
+    storage, client = delta_storage_config("s3://bucket/lake")
+    assert isinstance(storage, S3Config)
+    assert client is not None and client.allow_http is True
+    # Every variable reaches the config, by name: resolved in the run's process, secrets never in the UI.
+    names = {
+        getattr(storage, f).env_var_name
+        for f in ("access_key_id", "secret_access_key", "token", "region", "endpoint")
+        if isinstance(getattr(storage, f), dg.EnvVar)
+    }
+    assert names | {"AWS_ALLOW_HTTP"} == set(lake.S3_ENVIRONMENT)
+    monkeypatch.setenv(lake.LAKE_URI_VARIABLE, "s3://bucket/lake")
+    assert isinstance(delta_io_manager().storage_options, S3Config)
+
+
+# The store.
+
+
+def test_the_store_refuses_a_second_put_if_absent(s3_server: S3Server, bucket: str) -> None:
+    """What delta-rs relies on for safe commits: PutObject If-None-Match: * fails when the key exists."""
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="k", Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as refused:
+        client.put_object(Bucket=bucket, Key="k", Body=b"second", IfNoneMatch="*")
+    assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"first"
+
+
+# The queue and position_updates on S3.
+
+
+def test_the_queue_inserts_claims_and_marks_on_s3(s3_server: S3Server, bucket: str, s3_lake: str) -> None:
+    queue = LakeResource(root_uri=s3_lake).queue()
+    assert queue.table_uri == f"{s3_lake}/positions/position_queue"
+    ids = queue.insert_many([(265598, "AAPL", 1), (272093, "MSFT"), (8314, "IBM", 2, "DU1000001")])
+    batch = queue.claim(None, 2, claimed_by="run-a")
+    assert batch["request_id"].to_list() == ids[:2]  # priority 1 first, then oldest
+    assert queue.claim(None, 5, claimed_by="run-b")["request_id"].to_list() == [ids[2]]
+    assert queue.mark_success([ids[0]], claimed_by="run-a") == 1
+    assert queue.mark_failed(ids[1], "not held", claimed_by="run-a") == 1
+    assert queue.mark_success([ids[2]], claimed_by="run-a") == 0  # run-b holds it
+    assert queue.counts() == {
+        QueueStatus.PENDING: 0,
+        QueueStatus.PROCESSING: 1,
+        QueueStatus.SUCCESS: 1,
+        QueueStatus.FAILED: 1,
+    }
+    version = assert_contiguous_log(s3_server, bucket, s3_lake, lake.QUEUE_TABLE)
+    commits = s3_server.commits(bucket)
+    assert len(commits) == version + 1
+    assert all(c.if_none_match == "*" and c.status == 200 for c in commits)
+
+
+def test_the_sync_assets_write_position_updates_to_s3(
+    s3_server: S3Server, bucket: str, s3_lake: str, sim: GatewayThread, sim_state: GatewayState
+) -> None:
+    """The real resources and IO manager, as definitions.py builds them from the environment."""
+    queue = LakeResource(root_uri=s3_lake).queue()
+    holdings = list(sim_state.positions())[:12]
+    ids = queue.insert_many([(h.contract.conid, h.contract.symbol, 2, h.account) for h in holdings])
+    io_manager = delta_io_manager()
+    assert isinstance(io_manager.storage_options, S3Config)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [position_queue, queued_positions, ib_snapshot, position_updates],
+            selection=[queued_positions, ib_snapshot, position_updates],
+            resources={
+                "ib": IBResource(port=sim.port, connect_timeout=5, request_timeout=5),
+                "lake": lake_resource(),
+                "delta_io_manager": io_manager,
+                "batch_io_manager": dg.mem_io_manager,
+            },
+            instance=instance,
+            # The last two hours, so items queued just before an hour turned are still taken.
+            tags=partition_range_tags(hour_key(datetime.now(UTC) - timedelta(hours=1)), hour_key(datetime.now(UTC))),
+            raise_on_error=False,
+        )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    uri = lake.table_uri(s3_lake, lake.POSITION_UPDATES_TABLE)
+    rows = pl.scan_delta(DeltaTable(uri, storage_options=lake.storage_options_for(uri))).collect()
+    assert sorted(rows["request_id"].to_list()) == sorted(ids)
+    assert queue.counts()[QueueStatus.SUCCESS] == len(ids)
+    assert set(rows["run_id"].to_list()) == {result.run_id}
+    assert latest_positions(s3_lake).height == len({(h.account, h.contract.conid) for h in holdings})
+    for table in (lake.QUEUE_TABLE, lake.POSITION_UPDATES_TABLE):
+        assert_contiguous_log(s3_server, bucket, s3_lake, table)
+    assert all(c.if_none_match == "*" and c.status == 200 for c in s3_server.commits(bucket))
+
+
+# Two writers at once.
+
+WRITERS = 2
+BATCHES = 6
+BATCH_SIZE = 4
+
+
+def position_rows(batch: pl.DataFrame, run_id: str) -> pl.DataFrame:
+    """position_updates rows for claimed queue items, as a sync run appends them."""
+    now = datetime.now(UTC)
+    n = batch.height
+    return pl.DataFrame(
+        {
+            "request_id": batch["request_id"],
+            "conid": batch["conid"],
+            "account": ["DU1000001"] * n,
+            "symbol": batch["symbol"],
+            "sec_type": ["STK"] * n,
+            "right": [None] * n,
+            "strike": [None] * n,
+            "expiry": [None] * n,
+            "multiplier": [None] * n,
+            "currency": ["USD"] * n,
+            "local_symbol": batch["symbol"],
+            "position": [100.0] * n,
+            "average_cost": [10.0] * n,
+            "market_price": [11.0] * n,
+            "market_value": [1100.0] * n,
+            "unrealized_pnl": [100.0] * n,
+            "realized_pnl": [0.0] * n,
+            "account_update_time": [None] * n,
+            "queued_at": batch["created_at"],
+            "snapshot_at": [now] * n,
+            "run_id": [run_id] * n,
+            "snapshot_date": [now.date()] * n,
+        },
+        schema=lake.POSITION_UPDATES_SCHEMA,
+    )
+
+
+def concurrent_writer(name: str, root: str, start: Any, results: Any) -> None:
+    """One writer process: BATCHES times claim a batch, append its rows in one commit, mark it SUCCESS.
+
+    The same calls LakeResource makes (`lake.storage_options_for` from this process's environment). Reports the
+    request ids of each claim, or the error.
+    """
+    try:
+        options = lake.storage_options_for(root)
+        queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE), options)
+        uri = lake.ensure_position_updates_table(root, options)
+        start.wait(timeout=30)
+        claims = []
+        for number in range(BATCHES):
+            batch = queue.claim(None, BATCH_SIZE, claimed_by=name)
+            write_deltalake(
+                uri,
+                position_rows(batch, name).to_arrow().cast(lake.POSITION_UPDATES_ARROW_SCHEMA),
+                mode="append",
+                storage_options=options,
+                commit_properties=CommitProperties(custom_metadata={"writer": name, "batch": str(number)}),
+            )
+            queue.mark_success(batch["request_id"].to_list(), claimed_by=name)
+            claims.append(batch["request_id"].to_list())
+        results.put((name, claims, None))
+    except Exception as exc:  # reported to the test, which fails with it
+        results.put((name, [], repr(exc)))
+
+
+def test_two_writers_commit_to_both_tables_at_once(s3_server: S3Server, bucket: str, s3_lake: str) -> None:
+    """Two processes claim from one queue and append to one table concurrently: every commit lands, once."""
+    options = lake.storage_options_for(s3_lake)
+    queue = PositionQueue(lake.table_uri(s3_lake, lake.QUEUE_TABLE), options)
+    total = WRITERS * BATCHES * BATCH_SIZE
+    ids = queue.insert_many([(1000 + i, f"S{i}") for i in range(total)])
+    lake.ensure_position_updates_table(s3_lake, options)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(WRITERS)
+    results = context.Queue()
+    names = [f"writer-{i}" for i in range(WRITERS)]
+    processes = [context.Process(target=concurrent_writer, args=(n, s3_lake, start, results)) for n in names]
+    # Their first claims read the same queue version and commit the next one at the same moment: one must lose.
+    s3_server.race_next_commits(WRITERS)
+    for process in processes:
+        process.start()
+    try:
+        reports = [results.get(timeout=45) for _ in names]
+    except stdlib_queue.Empty:
+        pytest.fail("a writer did not finish in 45 s")
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    assert [error for _, _, error in reports] == [None] * WRITERS
+    claimed = [request_id for _, claims, _ in reports for batch in claims for request_id in batch]
+    assert all(len(batch) == BATCH_SIZE for _, claims, _ in reports for batch in claims)
+    assert sorted(claimed) == sorted(ids)  # every item claimed, none twice
+
+    final = queue.read()
+    assert final["status"].to_list() == [QueueStatus.SUCCESS.value] * total
+    assert final["claims"].to_list() == [1] * total
+    uri = lake.table_uri(s3_lake, lake.POSITION_UPDATES_TABLE)
+    table = DeltaTable(uri, storage_options=options)
+    rows = pl.scan_delta(table).collect()
+    assert rows.height == total
+    assert sorted(rows["request_id"].to_list()) == sorted(ids)
+    # Every append landed as its own version: one per (writer, batch), none lost or repeated.
+    appended = sorted((c["writer"], c["batch"]) for c in table.history() if "writer" in c)
+    assert appended == sorted((n, str(b)) for n in names for b in range(BATCHES))
+    for name, claims, _ in reports:
+        assert rows.filter(pl.col("run_id") == name).height == len(claims) * BATCH_SIZE
+    assert assert_contiguous_log(s3_server, bucket, s3_lake, lake.POSITION_UPDATES_TABLE) == WRITERS * BATCHES
+    assert_contiguous_log(s3_server, bucket, s3_lake, lake.QUEUE_TABLE)
+    commits = s3_server.commits(bucket)
+    assert all(c.if_none_match == "*" for c in commits)
+    refused = [c for c in commits if c.status == 412]
+    assert any(f"/{lake.QUEUE_TABLE}/" in c.path for c in refused)  # the racing claim lost, re-read, claimed others
+    print(f"{len(commits)} commit PUTs, {len(refused)} refused by put-if-absent and retried")
+
+
+def test_an_append_that_loses_the_race_lands_at_the_next_version(
+    s3_server: S3Server, bucket: str, s3_lake: str
+) -> None:
+    """Two appends commit version 1 at the same moment: the store refuses one, and delta-rs commits it as version 2."""
+    options = lake.storage_options_for(s3_lake)
+    uri = lake.ensure_position_updates_table(s3_lake, options)
+    queue = PositionQueue(lake.table_uri(s3_lake, lake.QUEUE_TABLE), options)
+    queue.insert_many([(1, "A"), (2, "B")])
+    items = queue.read()
+
+    def append(index: int) -> None:
+        rows = position_rows(items[index : index + 1], f"run-{index}")
+        write_deltalake(
+            uri, rows.to_arrow().cast(lake.POSITION_UPDATES_ARROW_SCHEMA), mode="append", storage_options=options
+        )
+
+    s3_server.race_next_commits(2)
+    threads = [threading.Thread(target=append, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=40)
+    assert not any(thread.is_alive() for thread in threads)
+    table = DeltaTable(uri, storage_options=options)
+    assert sorted(pl.scan_delta(table).collect()["run_id"].to_list()) == ["run-0", "run-1"]
+    assert assert_contiguous_log(s3_server, bucket, s3_lake, lake.POSITION_UPDATES_TABLE) == 2
+    updates = [c for c in s3_server.commits(bucket) if f"/{lake.POSITION_UPDATES_TABLE}/" in c.path]
+    assert [(c.path[-25:], c.status) for c in updates] == [
+        ("00000000000000000000.json", 200),
+        ("00000000000000000001.json", 200),
+        ("00000000000000000001.json", 412),
+        ("00000000000000000002.json", 200),
+    ]
+
+
+# The operator's commands.
+
+
+def test_status_and_positions_commands_read_an_s3_lake(
+    s3_server: S3Server, s3_lake: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    queue = LakeResource(root_uri=s3_lake).queue()
+    ids = queue.insert_many([(265598, "AAPL"), (272093, "MSFT"), (8314, "IBM")])
+    batch = queue.claim(None, 2, claimed_by="run-a")
+    uri = lake.ensure_position_updates_table(s3_lake)
+    write_deltalake(
+        uri,
+        position_rows(batch, "run-a").to_arrow().cast(lake.POSITION_UPDATES_ARROW_SCHEMA),
+        mode="append",
+        storage_options=lake.storage_options_for(uri),
+    )
+    queue.mark_success(batch["request_id"].to_list(), claimed_by="run-a")
+
+    status = collect_status(s3_lake)
+    assert (status.queue.exists, status.position_updates.rows) == (True, 2)
+    assert status.by_status == {"PENDING": 1, "PROCESSING": 0, "SUCCESS": 2, "FAILED": 0}
+    assert status.last_batch is not None and status.last_batch.run_id == "run-a"
+
+    def command(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(list(argv))
+        out, err = capsys.readouterr()
+        assert exited.value.code == 0, err
+        return out
+
+    report = json.loads(command("status", "--json"))  # the lake from POSITION_LAKE_URI
+    assert report["lake"] == s3_lake
+    assert report["queue"]["by_status"] == {"PENDING": 1, "PROCESSING": 0, "SUCCESS": 2, "FAILED": 0}
+    assert report["position_updates"]["table"] == uri
+    assert report["position_updates"]["rows"] == 2
+    positions = json.loads(command("positions", "--format", "json", "--lake", s3_lake))
+    assert sorted(p["request_id"] for p in positions) == sorted(ids[:2])
+    assert "2 positions" in command("positions")
+    counts = json.loads(command("queue", "counts", "--json"))
+    assert (counts["exists"], counts["total"]) == (True, 3)
