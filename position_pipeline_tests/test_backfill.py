@@ -80,6 +80,16 @@ def test_a_range_run_claims_only_its_hours_and_running_it_again_adds_nothing(
     rows = pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
     assert isinstance(rows, pl.DataFrame) and rows.height == written_before
 
+    # A later item of the same hour: the next run of that partition adds its row and keeps every earlier one.
+    held = list(sim.call(lambda gw: gw.state).positions())[-1]
+    late = queue.insert_many(
+        [(held.contract.conid, held.contract.symbol, 2, held.account)], queued_at=NOW - timedelta(hours=3)
+    )
+    assert run_range(root, sim, instance, NOW - timedelta(hours=3), NOW - timedelta(hours=3)).success
+    after = pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
+    assert isinstance(after, pl.DataFrame)
+    assert sorted(after["request_id"].to_list()) == sorted(ids[3] + ids[2] + late)
+
 
 def test_launch_stores_one_asset_backfill_of_the_three_sync_assets(instance: dg.DagsterInstance) -> None:
     request = launch_backfill(instance, NOW - timedelta(hours=5), NOW - timedelta(hours=1), now=NOW)
