@@ -21,6 +21,7 @@ from pydantic import Field
 
 from .ib_reader import IBError
 from .lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids, storage_options_for
+from .leases import MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
 from .metadata import markdown_table
 from .partitions import queued_hour_partitions, queued_window
 from .resources import IBResource, LakeResource
@@ -184,6 +185,23 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
                 description=f"{len(lost)} of {ib_snapshot.height} items are no longer claimed by this run (it was "
                 f"reported finished and they were given back): nothing written, they are processed by another run",
                 metadata={"lost_claims": len(lost)},
+            )
+        # The write fence: the sensor hands a finished run's claims on only MAX_RUNTIME_SECONDS after the claim, so
+        # a run that appends no later than WRITE_FENCE_SECONDS after it cannot meet another writer of its items.
+        since = queue.held_since(ib_snapshot["request_id"].to_list(), run_id)
+        if since is None:
+            raise dg.Failure(
+                description="the batch's claims were given back while this run was writing: nothing written, they "
+                "are processed by another run",
+            )
+        age = _seconds_since(since)
+        if age > WRITE_FENCE_SECONDS:
+            released = queue.release(ib_snapshot["request_id"].to_list(), claimed_by=run_id)
+            raise dg.Failure(
+                description=f"the batch was claimed {age:.0f} s ago, past the {WRITE_FENCE_SECONDS} s write fence: "
+                f"nothing written, {released} items given back for another run (after {MAX_RUNTIME_SECONDS} s "
+                "the sensor may hand a finished run's items to another run, so a late writer must not append)",
+                metadata={"claim_age_seconds": round(age, 1), "items_released": released},
             )
     version_before = _table_version(uri)
     yield dg.Output(

@@ -24,8 +24,8 @@ from deltalake.exceptions import TableNotFoundError
 from pydantic import Field
 
 from .assets import position_queue, position_updates
-from .jobs import CLAIM_LEASE_SECONDS
 from .lake import POSITION_UPDATES_TABLE, QUEUE_TABLE, StorageOptions, resolve_storage_options, table_uri
+from .leases import CLAIM_LEASE_SECONDS
 from .metadata import markdown_table
 from .positions import age_text
 from .queue import QueueStatus, claimable_filter, utc_or_now

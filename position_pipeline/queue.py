@@ -278,6 +278,24 @@ class PositionQueue:
         )
         return set(frame["request_id"].to_list())
 
+    def held_since(self, request_ids: Iterable[str], claimed_by: str) -> datetime | None:
+        """When run `claimed_by` claimed these items, if it still holds every one of them; None otherwise.
+
+        Read from the table, not the run's memory, just before the append: the write fence's clock."""
+        ids = _check_request_ids(list(request_ids))
+        frame = (
+            self._scan(self._open())
+            .filter(
+                pl.col("request_id").is_in(ids)
+                & (pl.col("status") == QueueStatus.PROCESSING.value)
+                & (pl.col("claimed_by") == claimed_by)
+            )
+            .select(pl.len().alias("held"), pl.col("claimed_at").min().alias("since"))
+            .collect()
+        )
+        held, since = frame.row(0)
+        return since if held == len(set(ids)) else None
+
     def read(self) -> pl.DataFrame:
         """The whole table in QUEUE_SCHEMA, oldest first; for checks and operators, not for hot paths."""
         return self._scan(self._open()).sort(_QUEUE_ORDER).collect()
@@ -576,17 +594,35 @@ class PositionQueue:
             condition &= pl.col("updated_at") >= since
         return self._scan(dt).filter(condition)
 
-    def release_runs(self, run_ids: str | Iterable[str], *, now: datetime | None = None) -> int:
+    def release_runs(
+        self,
+        run_ids: str | Iterable[str],
+        *,
+        claimed_before: datetime | None = None,
+        now: datetime | None = None,
+    ) -> int:
         """Put every item these runs hold PROCESSING back to PENDING in one commit; returns how many changed.
 
         For runs Dagster reports finished (succeeded, failed or canceled) that still hold claims: they died between
         claim and write-back. The claim is cleared and `attempts` left alone (the item did not fail). Each item is
         released only while it is still PROCESSING under that run, and the items are looked up again on every retry.
+        `claimed_before` releases only claims made before it: a run "finished" while its worker lives on may still
+        write until its write fence, so its claims must not go to another run before then.
         """
         runs = list(dict.fromkeys(_check_run_id(r) for r in ([run_ids] if isinstance(run_ids, str) else run_ids)))
         if not runs:
             return 0
         source = pl.DataFrame({"claimed_by": runs}, schema={"claimed_by": pl.String})
+        conditions = [
+            _status_in([QueueStatus.PROCESSING]),
+            "t.request_id = s.request_id",
+            "t.claimed_by = s.claimed_by",
+        ]
+        old_enough = pl.lit(True)
+        if claimed_before is not None:
+            cutoff = _aware("claimed_before", claimed_before)
+            conditions.append(f"t.claimed_at < '{sql_timestamp(cutoff)}'")
+            old_enough = pl.col("claimed_at") < cutoff
 
         def held_items(dt: DeltaTable, source: pl.DataFrame) -> pl.DataFrame:
             return (
@@ -594,6 +630,7 @@ class PositionQueue:
                 .filter(
                     (pl.col("status") == QueueStatus.PROCESSING.value)
                     & pl.col("claimed_by").is_in(source["claimed_by"].implode())
+                    & old_enough
                 )
                 .select("request_id", "claimed_by")
                 .collect()
@@ -602,7 +639,7 @@ class PositionQueue:
         return self._merge_update(
             "release_runs",
             source,
-            [_status_in([QueueStatus.PROCESSING]), "t.request_id = s.request_id", "t.claimed_by = s.claimed_by"],
+            conditions,
             _RELEASED,
             None,
             utc_or_now(now),

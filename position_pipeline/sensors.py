@@ -2,12 +2,13 @@
 
 import json
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from .assets import SENSOR_BATCH_SIZE
-from .jobs import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS, SYNC_JOB_NAME, position_sync_job
+from .jobs import SYNC_JOB_NAME, position_sync_job
+from .leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS
 from .partitions import partition_key_for
 from .queue import PositionQueue
 from .resources import LakeResource
@@ -108,6 +109,9 @@ def _release_claims_of_finished_runs(context: dg.SensorEvaluationContext, queue:
     finished = [r.dagster_run.run_id for r in records if r.dagster_run.is_finished]
     if not finished:
         return 0
-    released = queue.release_runs(finished)
-    context.log.warning(f"released {released} items claimed by finished runs {finished}")
+    # Not before the claim is MAX_RUNTIME_SECONDS old: until its write fence, a run reported finished while its
+    # worker lives on may still append, and its items must not be written by another run too.
+    released = queue.release_runs(finished, claimed_before=datetime.now(UTC) - timedelta(seconds=MAX_RUNTIME_SECONDS))
+    if released:
+        context.log.warning(f"released {released} items claimed by finished runs {finished}")
     return released

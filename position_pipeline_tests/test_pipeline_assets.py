@@ -232,3 +232,19 @@ def test_an_empty_batch_writes_no_commit(lake_root: str, sim: GatewayThread, ins
     assert DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE)).version() == version
     metadata = result.asset_materializations_for_node("position_updates")[0].metadata
     assert metadata["rows_written"].value == 0 and metadata["table_version"].value == version
+
+
+def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_written(
+    lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that stalled past its fence may have lost its items to another run: it must not append them."""
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    ids = enqueue_held(queue, sim.call(lambda gw: gw.state), 3)
+    monkeypatch.setattr("position_pipeline.assets.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
+    result = run_sync(lake_root, sim, instance)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "write fence" in str(failure.step_failure_data.error)  # type: ignore[union-attr]
+    assert updates(lake_root).is_empty()
+    assert set(queue.read().filter(pl.col("request_id").is_in(ids))["status"].to_list()) == {"PENDING"}
+    assert queue.claims_by_run() == {}

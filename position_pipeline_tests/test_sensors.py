@@ -13,7 +13,8 @@ import pytest
 
 from position_pipeline import lake
 from position_pipeline.assets import SENSOR_BATCH_SIZE
-from position_pipeline.jobs import CLAIM_LEASE_SECONDS, SYNC_JOB_NAME
+from position_pipeline.jobs import SYNC_JOB_NAME
+from position_pipeline.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
 from position_pipeline.partitions import hour_key, partition_key_for, queued_hour_partitions, queued_window
 from position_pipeline.queue import PositionQueue, QueueStatus
 from position_pipeline.resources import LakeResource
@@ -116,8 +117,9 @@ def test_gives_back_the_claims_of_runs_that_ended_without_writing_back(
     queue.insert_many([(265598, "AAPL"), (101000, "MSFT"), (102000, "NVDA")])
     dead = add_run(instance, dg.DagsterRunStatus.FAILURE)
     alive = add_run(instance, dg.DagsterRunStatus.SUCCESS)
-    queue.claim(2, 2, claimed_by=dead)
-    queue.claim(2, 1, claimed_by=alive)
+    past_max_runtime = datetime.now(UTC) - timedelta(seconds=MAX_RUNTIME_SECONDS + 5)
+    queue.claim(2, 2, claimed_by=dead, now=past_max_runtime)
+    queue.claim(2, 1, claimed_by=alive, now=past_max_runtime)
     result = evaluate(instance, lake_root)
     # the failed run's two items are PENDING again and a run is requested for them; the SUCCESS run's item is
     # released too: a finished run holds no claim legitimately
@@ -125,6 +127,21 @@ def test_gives_back_the_claims_of_runs_that_ended_without_writing_back(
     statuses = queue.read()["status"].to_list()
     assert statuses.count(QueueStatus.PENDING) == 3
     assert queue.claims_by_run() == {}
+
+
+def test_keeps_a_finished_runs_claims_until_they_are_past_its_write_fence(
+    instance: dg.DagsterInstance, lake_root: str
+) -> None:
+    """Reported finished is not proof the worker stopped: until the claim is MAX_RUNTIME_SECONDS old (its write fence
+    plus two minutes) the run could still append, so the items must not go to another run yet."""
+    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue.insert_many([(265598, "AAPL"), (101000, "MSFT")])
+    terminated = add_run(instance, dg.DagsterRunStatus.CANCELED)
+    queue.claim(2, 1, claimed_by=terminated, now=datetime.now(UTC) - timedelta(seconds=WRITE_FENCE_SECONDS + 60))
+    result = evaluate(instance, lake_root)
+    assert queue.claims_by_run() == {terminated: 1}
+    assert isinstance(result, dg.SensorResult)  # for the other item
+    assert WRITE_FENCE_SECONDS + 60 < MAX_RUNTIME_SECONDS < CLAIM_LEASE_SECONDS
 
 
 def test_keeps_the_claims_of_a_run_still_in_progress(instance: dg.DagsterInstance, lake_root: str) -> None:
