@@ -265,17 +265,7 @@ class PositionQueue:
 
     def held_by(self, request_ids: Iterable[str], claimed_by: str) -> set[str]:
         """Which of these items are still PROCESSING under run `claimed_by` (a run checks before it writes)."""
-        ids = _check_request_ids(list(request_ids))
-        frame = (
-            self._scan(self._open())
-            .filter(
-                pl.col("request_id").is_in(ids)
-                & (pl.col("status") == QueueStatus.PROCESSING.value)
-                & (pl.col("claimed_by") == claimed_by)
-            )
-            .select("request_id")
-            .collect()
-        )
+        frame = self._held_scan(_check_request_ids(list(request_ids)), claimed_by).select("request_id").collect()
         return set(frame["request_id"].to_list())
 
     def held_since(self, request_ids: Iterable[str], claimed_by: str) -> datetime | None:
@@ -284,12 +274,7 @@ class PositionQueue:
         Read from the table, not the run's memory, just before the append: the write fence's clock."""
         ids = _check_request_ids(list(request_ids))
         frame = (
-            self._scan(self._open())
-            .filter(
-                pl.col("request_id").is_in(ids)
-                & (pl.col("status") == QueueStatus.PROCESSING.value)
-                & (pl.col("claimed_by") == claimed_by)
-            )
+            self._held_scan(ids, claimed_by)
             .select(pl.len().alias("held"), pl.col("claimed_at").min().alias("since"))
             .collect()
         )
@@ -867,6 +852,14 @@ class PositionQueue:
     def _scan(self, dt: DeltaTable) -> pl.LazyFrame:
         """A lazy read of exactly the version `dt` holds; collect before `dt` changes version."""
         return pl.scan_delta(dt).select(lake.QUEUE_SCHEMA.names())
+
+    def _held_scan(self, ids: list[str], claimed_by: str) -> pl.LazyFrame:
+        """The rows of `ids` still PROCESSING under run `claimed_by`, lazily."""
+        return self._scan(self._open()).filter(
+            pl.col("request_id").is_in(ids)
+            & (pl.col("status") == QueueStatus.PROCESSING.value)
+            & (pl.col("claimed_by") == claimed_by)
+        )
 
     def _claimable_scan(
         self,
