@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         stop.set()
-        _stop_process_group(dagster)
+        stop_process_group(dagster)
         gateway.stop()
         print("demo stopped: producer, dagster dev and the simulated gateway are down", flush=True)
 
@@ -124,7 +124,7 @@ def _wait_for_ui(url: str, stop: threading.Event, dagster: subprocess.Popen[byte
     return False
 
 
-def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
     """SIGINT first (dagster dev shuts its children down), then SIGTERM, then SIGKILL; never waits forever."""
     for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:

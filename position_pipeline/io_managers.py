@@ -35,6 +35,8 @@ class AppendByTablePartitioningTypeHandler(DeltaLakePolarsTypeHandler):
             context.add_output_metadata({"table_uri": connection.table_uri, "rows_appended": 0})
             return
         super().handle_output(context, table_slice._replace(partition_dimensions=None), obj, connection)
+        if isinstance(obj, pl.DataFrame):  # on every write, so the UI's plot of it is not only the empty batches
+            context.add_output_metadata({"rows_appended": obj.height})
 
 
 class PositionUpdatesIOManager(DeltaLakePolarsIOManager):

@@ -1,0 +1,465 @@
+"""The Dagster UI as operators use it, read in a real headless Chromium: the pictures in docs/ and the browser test.
+
+`python -m position_pipeline_tests.ui_browser --out docs` starts the simulated IB Gateway and `dagster dev` (this code
+location, its sensor on) on free loopback ports with a throwaway DAGSTER_HOME and lake, enqueues three waves of
+contracts (mostly held by the gateway, a few not) and waits for the sensor's sync run of each, then takes the gateway
+down for one failed run. Debian's Chromium, driven by Playwright (no browser download), then opens the asset graph,
+position_updates' page with its metadata plotted per materialization, the failed run and the sensor's ticks, and saves
+them as `ui-*.png`. The GraphQL API (what the UI itself reads) answers the rest: descriptions, owners, kinds and group
+of every asset, the materializations' metadata, the ticks' skip reasons and the failed run's error.
+`test_ui_browser.py` runs the same tour into a temp folder and asserts on what it saw. Every wait is bounded, and
+every process the tour starts is stopped when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from position_pipeline import lake
+from position_pipeline.demo import UNKNOWN_CONID, stop_process_group
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
+from position_pipeline.jobs import SYNC_JOB_NAME
+from position_pipeline.queue import PositionQueue
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+LOCATION = "position_pipeline.definitions"
+SENSOR = "position_sync_sensor"
+SENSOR_PAGE = f"/locations/__repository__@{LOCATION}/sensors/{SENSOR}"
+ASSETS = ("position_queue", "queued_positions", "ib_snapshot", "position_updates")
+PLOTTED = ("claimed", "succeeded", "failed", "batch_seconds", "table_version")
+VIEWPORT = {"width": 1400, "height": 900}
+SCREENSHOTS = {
+    "graph": "ui-asset-graph.png",
+    "asset": "ui-position-updates.png",
+    "sensor": "ui-sensor.png",
+    "failed_run": "ui-failed-run.png",
+}
+WAVES = ((12, 1), (25, 2), (40, 3))
+"""Held and unheld contracts per enqueue wave: one sync run each, so the plots have points that differ."""
+PAGE_TIMEOUT_MS = 20_000
+NAV_WIDTH, HEADER_HEIGHT = 68, 108
+"""Pixels the folded navigation and the lineage page's header take from the viewport."""
+
+
+def chromium_executable() -> str | None:
+    """Debian's Chromium (package `chromium`), if installed."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def install_chromium(timeout: float = 300) -> str | None:
+    """As root on Debian, install Chromium the way .ci/run does; None where that is impossible (not root, no apt)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=timeout, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        env=env,
+        check=True,
+        timeout=timeout,
+        capture_output=True,
+    )
+    return chromium_executable()
+
+
+@dataclass
+class Tour:
+    """What the tour saw: screenshots, each page's rendered text, and the GraphQL API's answers."""
+
+    screenshots: dict[str, Path] = field(default_factory=dict)
+    page_text: dict[str, str] = field(default_factory=dict)
+    tooltip: str = ""
+    """The skip reason the sensor page shows when the newest skipped tick is hovered."""
+    asset_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    materializations: list[dict[str, Any]] = field(default_factory=list)
+    """position_updates' materializations, newest first: {label: (GraphQL entry type, value)} each."""
+    write_backs: int = 0
+    """Materializations of position_queue: one per sync run that wrote back."""
+    ticks: list[dict[str, Any]] = field(default_factory=list)
+    failed_run_errors: list[str] = field(default_factory=list)
+    gateway: str = ""
+    dagster_pid: int = 0
+    """`dagster dev`'s process (and group) id: gone, with its webserver, daemon and run workers, once the tour ends."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Stack:
+    """The simulated gateway and `dagster dev` on loopback, with their lake and Dagster instance folder."""
+
+    url: str
+    gateway: GatewayThread
+    state: GatewayState
+    queue: PositionQueue
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One GraphQL request, as the UI sends it; errors in the answer raise."""
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=15) as response:
+            answer = json.load(response)
+        if answer.get("errors"):
+            raise RuntimeError(f"GraphQL errors: {answer['errors']}")
+        return answer["data"]  # type: ignore[no-any-return]
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+        """Poll until `predicate` returns something truthy; fail with the dagster log's tail when it does not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dagster dev exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                result = predicate()
+            except OSError:  # the webserver is not answering yet
+                result = None  # type: ignore[assignment]
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout:g} s; dagster dev log tail:\n{self.log_tail()}")
+            time.sleep(0.5)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def enqueue(self, held: int, unheld: int, offset: int) -> list[str]:
+        """Contracts the gateway holds (with their account) and `unheld` ones it does not."""
+        holdings = list(self.state.positions())[offset : offset + held]
+        items: list[dict[str, object]] = [
+            {"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in holdings
+        ]
+        items += [{"conid": UNKNOWN_CONID + offset + i, "symbol": f"UNHELD{i}"} for i in range(unheld)]
+        return self.queue.insert_many(items)
+
+    def sync_runs(self, status: str) -> list[dict[str, Any]]:
+        data = self.graphql(
+            "query Runs($filter: RunsFilter) { runsOrError(filter: $filter) { ... on Runs { results { runId } } } }",
+            {"filter": {"pipelineName": SYNC_JOB_NAME, "statuses": [status]}},
+        )
+        return data["runsOrError"]["results"]  # type: ignore[no-any-return]
+
+    def has_sync_runs(self, status: str, count: int) -> bool:
+        return len(self.sync_runs(status)) >= count
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_stack(workdir: Path, startup_timeout: float = 60) -> Iterator[Stack]:
+    """The gateway on a free port, then `dagster dev` on another; both stopped on exit (dagster's whole group)."""
+    home = workdir / "dagster_home"
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    root = str(workdir / "lake")
+    state = GatewayState.generate(positions=90, accounts=3, seed=7)
+    log_path = workdir / "dagster.log"
+    with GatewayThread(lambda: SimulatedGateway(state, port=0, price_interval=None)) as gateway:
+        port = free_port()
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            lake.LAKE_URI_VARIABLE: root,
+            "IB_HOST": gateway.host,
+            "IB_PORT": str(gateway.port),
+        }
+        command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", LOCATION, "-h", "127.0.0.1",
+                   "-p", str(port)]  # fmt: skip
+        with log_path.open("wb") as output:
+            process = subprocess.Popen(
+                command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            stack = Stack(
+                url=f"http://127.0.0.1:{port}",
+                gateway=gateway,
+                state=state,
+                queue=PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)),
+                process=process,
+                log_path=log_path,
+            )
+            stack.wait_for(
+                lambda: len(stack.graphql("{ assetNodes { id } }")["assetNodes"]) >= len(ASSETS),
+                startup_timeout,
+                "the code location loaded in the webserver",
+            )
+            # The first visit from loopback opens a newsletter dialog over every page; say it was seen.
+            stack.graphql("mutation { setNuxSeen }")
+            yield stack
+        finally:
+            stop_process_group(process)
+            _wait_until_group_gone(process.pid)
+
+
+def _wait_until_group_gone(group: int, timeout: float = 15) -> None:
+    """The group's last members (run workers, code servers) exit a moment after `dagster dev` itself; wait for
+    them, and kill whatever is left after `timeout`."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            os.killpg(group, 0)
+            time.sleep(0.2)
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def tour(workdir: Path, out: Path, chromium: str) -> Tour:
+    """The whole tour: runs, screenshots into `out`, page texts and GraphQL answers."""
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    seen = Tour()
+    started = time.monotonic()
+    with running_stack(workdir) as stack, sync_playwright() as playwright:
+        seen.seconds["dagster_up"] = round(time.monotonic() - started, 1)
+        seen.dagster_pid = stack.process.pid
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            offset = 0
+            for wave, (held, unheld) in enumerate(WAVES, start=1):
+                stack.enqueue(held, unheld, offset)
+                offset += held
+                stack.wait_for(partial(stack.has_sync_runs, "SUCCESS", wave), 45, f"sync run {wave} succeeded")
+            seen.seconds["sync_runs"] = round(time.monotonic() - started, 1)
+            log.info("%d sync runs succeeded; opening the asset graph and position_updates", len(WAVES))
+
+            _asset_graph(browser, stack.url, out, seen)
+            _position_updates_page(browser, stack.url, out, seen)
+            seen.seconds["graph_and_asset_pages"] = round(time.monotonic() - started, 1)
+
+            stack.gateway.call(lambda gw: gw.go_down(300))  # down until the tour ends
+            seen.gateway = f"{stack.gateway.host}:{stack.gateway.port}"
+            stack.enqueue(3, 0, offset)
+            failed = stack.wait_for(lambda: stack.sync_runs("FAILURE"), 45, "a sync run failed with the gateway down")
+            failed_run_id = failed[0]["runId"]
+            stack.wait_for(
+                lambda: any("failed" in (t["skipReason"] or "") for t in _ticks(stack)),
+                30,
+                "a tick skipped because the last sync run failed",
+            )
+            seen.seconds["failed_run"] = round(time.monotonic() - started, 1)
+            log.info("sync run %s failed with the gateway down; opening it and the sensor", failed_run_id)
+
+            _failed_run_page(browser, stack.url, failed_run_id, out, seen)
+            _sensor_page(browser, stack.url, out, seen)
+            _graphql_facts(stack, failed_run_id, seen)
+        finally:
+            browser.close()
+    seen.seconds["total"] = round(time.monotonic() - started, 1)
+    return seen
+
+
+def _page(browser: Browser) -> Page:
+    page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    return page
+
+
+def _hide_navigation(page: Page) -> None:
+    page.get_by_text("Hide navigation", exact=True).click()
+
+
+def _asset_graph(browser: Browser, url: str, out: Path, seen: Tour) -> None:
+    """The group's lineage, zoomed in until the nodes show their status, partitions and kinds, then centred."""
+    page = _page(browser)
+    page.goto(f"{url}/asset-groups/positions/lineage")
+    for name in ASSETS:
+        page.get_by_text(name, exact=True).last.wait_for()
+    _hide_navigation(page)
+    page.get_by_placeholder("Jump to…").wait_for()
+    page.locator("button:right-of(input[placeholder='Jump to…'])").first.click()  # fold the asset list
+    page.get_by_placeholder("Jump to…").wait_for(state="hidden")
+    box = page.get_by_text("ib_snapshot", exact=True).last.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"], box["y"])
+    page.keyboard.down("Control")
+    for _ in range(2):
+        page.mouse.wheel(0, -120)
+    page.keyboard.up("Control")
+    page.get_by_text("Latest event").first.wait_for()  # nodes drawn in detail
+    # Drag the graph to the middle of the canvas (right of the folded navigation, below the page header). The node
+    # titles are the anchors: a node reaches from 15 px left of its title to 185 px right of it, 55 px below it.
+    first = page.get_by_text("position_queue", exact=True).last.bounding_box()
+    last = page.get_by_text("position_updates", exact=True).last.bounding_box()
+    assert first is not None and last is not None
+    canvas_x = (NAV_WIDTH + VIEWPORT["width"]) / 2
+    canvas_y = (HEADER_HEIGHT + VIEWPORT["height"]) / 2
+    dx = canvas_x - (first["x"] - 15 + last["x"] + 185) / 2
+    dy = canvas_y - (last["y"] + 55)
+    page.mouse.move(canvas_x, 700)
+    page.mouse.down()
+    page.mouse.move(canvas_x + dx, 700 + dy, steps=8)
+    page.mouse.up()
+    page.wait_for_function("() => new Promise(done => requestAnimationFrame(() => done(true)))")  # drawn there
+    seen.page_text["graph"] = page.inner_text("body")
+    seen.screenshots["graph"] = _shoot(page, out, "graph")
+    page.close()
+
+
+def _position_updates_page(browser: Browser, url: str, out: Path, seen: Tour) -> None:
+    """position_updates' overview with its metadata plotted per materialization, and its Events tab."""
+    page = _page(browser)
+    page.goto(f"{url}/assets/position_updates?view=events")
+    page.get_by_text("materialized in run").first.wait_for()
+    seen.page_text["asset_events"] = page.inner_text("body")
+    page.goto(f"{url}/assets/position_updates")
+    page.get_by_text("trading-data").first.wait_for()
+    _hide_navigation(page)
+    page.get_by_role("button", name="Plots").click()
+    page.get_by_role("button", name="Events").click()  # by materialization, not by partition: one hour holds them
+    page.locator("button[aria-selected=true]", has_text="Events").wait_for()
+    for label in PLOTTED:  # each plot is titled with its metadata label
+        page.get_by_text(label, exact=True).first.wait_for()
+    page.get_by_role("img").and_(page.locator("canvas")).nth(len(PLOTTED) - 1).wait_for(state="attached")
+    seen.page_text["asset"] = page.inner_text("body")
+    seen.screenshots["asset"] = _shoot(page, out, "asset")
+    page.close()
+
+
+def _failed_run_page(browser: Browser, url: str, run_id: str, out: Path, seen: Tour) -> None:
+    page = _page(browser)
+    page.goto(f"{url}/runs/{run_id}")
+    page.get_by_text("RUN_FAILURE").first.wait_for()
+    page.get_by_text("refused the connection").first.wait_for()
+    _hide_navigation(page)
+    seen.page_text["failed_run"] = page.inner_text("body")
+    seen.screenshots["failed_run"] = _shoot(page, out, "failed_run")
+    page.close()
+
+
+def _sensor_page(browser: Browser, url: str, out: Path, seen: Tour) -> None:
+    """The sensor's ticks; hovering the newest skipped tick shows why it skipped."""
+    page = _page(browser)
+    page.goto(f"{url}{SENSOR_PAGE}")
+    page.locator("tbody").get_by_text("1 run requested").first.wait_for()
+    _hide_navigation(page)
+    page.locator("tbody").get_by_text("0 runs requested").first.hover()
+    tooltip = page.get_by_role("tooltip").first
+    tooltip.wait_for()
+    seen.tooltip = tooltip.inner_text()
+    seen.page_text["sensor"] = page.inner_text("body")
+    seen.screenshots["sensor"] = _shoot(page, out, "sensor")
+    page.close()
+
+
+def _shoot(page: Page, out: Path, name: str) -> Path:
+    path = out / SCREENSHOTS[name]
+    page.screenshot(path=path)
+    return path
+
+
+def _ticks(stack: Stack, limit: int = 200) -> list[dict[str, Any]]:
+    data = stack.graphql(
+        """query Ticks($selector: SensorSelector!, $limit: Int) {
+             sensorOrError(sensorSelector: $selector) {
+               ... on Sensor { sensorState { ticks(limit: $limit) { status skipReason runIds timestamp } } }
+             }
+           }""",
+        {
+            "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": SENSOR},
+            "limit": limit,
+        },
+    )
+    return data["sensorOrError"]["sensorState"]["ticks"]  # type: ignore[no-any-return]
+
+
+def _graphql_facts(stack: Stack, failed_run_id: str, seen: Tour) -> None:
+    nodes = stack.graphql(
+        """{ assetNodes { assetKey { path } description groupName kinds
+                           owners { ... on TeamAssetOwner { team } ... on UserAssetOwner { email } } } }"""
+    )["assetNodes"]
+    seen.asset_nodes = {
+        "/".join(n["assetKey"]["path"]): {
+            "description": n["description"],
+            "group": n["groupName"],
+            "kinds": sorted(n["kinds"]),
+            "owners": [o.get("team") or o.get("email") for o in n["owners"]],
+        }
+        for n in nodes
+    }
+    history = """query History($path: [String!]!) {
+                   assetOrError(assetKey: {path: $path}) { ... on Asset { assetMaterializations(limit: 50) {
+                     runId metadataEntries { label __typename
+                       ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
+                       ... on TextMetadataEntry { text } ... on MarkdownMetadataEntry { mdStr } } } } } }"""
+    updates = stack.graphql(history, {"path": ["position_updates"]})["assetOrError"]["assetMaterializations"]
+    seen.materializations = [
+        {e["label"]: (e["__typename"], _entry_value(e)) for e in m["metadataEntries"]} for m in updates
+    ]
+    queue = stack.graphql(history, {"path": ["position_queue"]})["assetOrError"]["assetMaterializations"]
+    seen.write_backs = len(queue)
+    seen.ticks = _ticks(stack)
+    events = stack.graphql(
+        """query Failure($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events {
+             __typename ... on ExecutionStepFailureEvent { stepKey error { message } } } } } }""",
+        {"runId": failed_run_id},
+    )["logsForRun"]["events"]
+    seen.failed_run_errors = [
+        e["error"]["message"] for e in events if e["__typename"] == "ExecutionStepFailureEvent" and e.get("error")
+    ]
+
+
+def _entry_value(entry: dict[str, Any]) -> Any:
+    for key in ("intValue", "floatValue", "text", "mdStr"):
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def summary(seen: Tour) -> str:
+    newest = seen.materializations[0] if seen.materializations else {}
+    lines = [
+        f"screenshots: {', '.join(str(p) for p in seen.screenshots.values())}",
+        f"timings (s since start): {seen.seconds}",
+        f"position_updates materializations: {len(seen.materializations)}, position_queue write-backs: "
+        f"{seen.write_backs}",
+        "newest metadata: " + ", ".join(f"{k}={newest[k][1]}" for k in PLOTTED if k in newest),
+        f"skip reason shown on hover: {seen.tooltip}",
+        f"failed run error: {seen.failed_run_errors[0].strip() if seen.failed_run_errors else '(none)'}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for ui-*.png (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chromium = chromium_executable() or install_chromium()
+    if chromium is None:
+        print("Chromium is not installed (Debian: apt-get install chromium) and cannot be installed here")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="ui-tour-") as work:
+        print(summary(tour(Path(work), args.out.resolve(), chromium)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
