@@ -330,7 +330,7 @@ def _enqueue_file(args: argparse.Namespace) -> int:
     queue = _open_queue(args)
     started = time.monotonic()
     try:
-        request_ids = queue.enqueue_csv(path)
+        request_ids = queue.enqueue_csv(path, progress=_step_printer("enqueue", args))
     except UnicodeDecodeError as exc:
         raise _CommandError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); nothing written") from exc
     except csv.Error as exc:
@@ -358,7 +358,7 @@ def _import_legacy(args: argparse.Namespace) -> int:
     if not DeltaTable.is_deltatable(source, storage_options=options):
         raise _CommandError(f"{source} is not a Delta table (no _delta_log found)")
     queue = _open_queue(args)
-    adopted = queue.import_legacy(source)
+    adopted = queue.import_legacy(source, progress=_step_printer("queue import", args))
     total = int(pl.scan_delta(source, storage_options=options).select(pl.len()).collect().item())
     already = max(total - adopted, 0)
     if args.json:
@@ -505,6 +505,17 @@ def _launch_backfill(args: argparse.Namespace) -> int:
         print(f"{PROG} backfill: still {progress.status} after {args.timeout:g} s; see it in the UI", file=sys.stderr)
         return 1
     return 0 if progress.succeeded else 1
+
+
+def _step_printer(command: str, args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines of a long command on stderr, with the seconds since it started; none with --json."""
+    started = time.monotonic()
+
+    def step(message: str) -> None:
+        if not args.json:
+            print(f"{PROG} {command}: {time.monotonic() - started:6.1f} s  {message}", file=sys.stderr, flush=True)
+
+    return step
 
 
 def _print_progress(progress: BackfillProgress) -> None:

@@ -42,6 +42,10 @@ from position_pipeline import lake
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Progress = Callable[[str], None]
+"""Hears one line at each step of a long operation (a large CSV, an import): the command prints them."""
+PROGRESS_EVERY = 100_000
+"""Rows read between two progress lines of a CSV enqueue."""
 
 _INT64_MAX = 2**63 - 1
 _INT32_MAX = 2**31 - 1
@@ -221,16 +225,20 @@ class PositionQueue:
             raise QueueInputError(problems)
         return self._append_new(rows, _aware("queued_at", queued_at) if queued_at is not None else None)
 
-    def enqueue_csv(self, path: str | os.PathLike[str]) -> list[str]:
+    def enqueue_csv(self, path: str | os.PathLike[str], progress: Progress | None = None) -> list[str]:
         """Queue the rows of a CSV file with a header `conid,symbol[,priority][,account]`, in one commit.
 
         Columns may come in any order; an empty priority means monitoring, an empty account any account. Parsed with
-        the csv module rather than polars so that every error names the file's line number.
+        the csv module rather than polars so that every error names the file's line number. A large file takes
+        seconds (about 11 s for 1,000,000 rows): `progress` hears every PROGRESS_EVERY rows read and each phase.
         """
-        rows, problems = _read_csv_items(path)
+        report = progress or _silent
+        rows, problems = _read_csv_items(path, report)
         if problems:
             raise QueueInputError(problems)
+        report(f"{len(rows):,} rows valid; writing them in one commit")
         ids = self._append_new(rows)
+        report(f"committed {len(ids):,} items")
         logger.info("enqueued %d items from %s", len(ids), os.fspath(path))
         return ids
 
@@ -665,16 +673,22 @@ class PositionQueue:
 
     # Migration
 
-    def import_legacy(self, source_uri: str, storage_options: dict[str, str] | None = None) -> int:
+    def import_legacy(
+        self, source_uri: str, storage_options: dict[str, str] | None = None, progress: Progress | None = None
+    ) -> int:
         """Adopt the original design's queue table at `source_uri`; returns how many items were added.
 
         Naive timestamps are taken as UTC. Items whose request_id is already here are skipped, so a second import
         adds nothing. Legacy PROCESSING items had no owner that survives the migration, so they come back PENDING.
-        Every row is validated first; one bad row raises QueueInputError and nothing is written.
+        Every row is validated first; one bad row raises QueueInputError and nothing is written. `progress` hears
+        each phase (read, validated, merged).
         """
+        report = progress or _silent
         options = lake.resolve_storage_options(source_uri, storage_options)
         source = pl.scan_delta(DeltaTable(source_uri, storage_options=options)).collect()
+        report(f"read {source.height:,} rows from {source_uri}")
         rows = _legacy_rows(source)
+        report(f"{rows.height:,} rows valid; adding those not already here in one commit")
 
         def attempt() -> int:
             dt = self._open()
@@ -702,6 +716,7 @@ class PositionQueue:
             return int(metrics["num_target_rows_inserted"])
 
         added = self._retrying("import_legacy", attempt)
+        report(f"committed {added:,} new items ({rows.height - added:,} were already here)")
         logger.info(
             "imported %d of %d legacy items from %s (%d already present)",
             added,
@@ -1171,7 +1186,7 @@ def _validate_items(items: Iterable[ItemInput]) -> tuple[list[_Item], list[Input
     return rows, problems
 
 
-def _read_csv_items(path: str | os.PathLike[str]) -> tuple[list[_Item], list[InputProblem]]:
+def _read_csv_items(path: str | os.PathLike[str], progress: Progress) -> tuple[list[_Item], list[InputProblem]]:
     """Validated rows of a `conid,symbol[,priority][,account]` CSV; rows count from 0 after the header, lines from 1.
 
     A blank account cell means any account (null); a blank priority cell means monitoring.
@@ -1212,10 +1227,17 @@ def _read_csv_items(path: str | os.PathLike[str]) -> tuple[list[_Item], list[Inp
                 if parsed is not None:
                     rows.append(parsed)
             index += 1
+            if index % PROGRESS_EVERY == 0:
+                progress(f"read {index:,} rows (line {line:,})" + (f", {len(problems):,} bad" if problems else ""))
     return rows, problems
 
 
 _CSV_HEADER = "conid,symbol[,priority][,account]"
+
+
+def _silent(message: str) -> None:
+    """The progress report of a caller that did not ask for one."""
+
 
 _LEGACY_REQUIRED = ("request_id", "conid", "symbol", "priority", "status", "created_at", "updated_at")
 

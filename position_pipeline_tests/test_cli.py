@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -60,6 +61,15 @@ def run_command(*args: str, lake_root: Path | None, cwd: Path | None = None) -> 
         check=False,
     )
     return done.returncode, done.stdout, done.stderr
+
+
+def steps(command: str, err: str) -> list[str]:
+    """The progress lines a long command printed on stderr, without their prefix and seconds."""
+    prefix = re.compile(rf"^position-pipeline {re.escape(command)}: +\d+\.\d s  (.*)$")
+    lines = err.splitlines()
+    matched = [prefix.match(line) for line in lines]
+    assert all(matched), f"not a progress line in {lines}"
+    return [m.group(1) for m in matched if m]
 
 
 @pytest.fixture
@@ -175,7 +185,7 @@ def test_enqueue_from_file_as_a_real_command(tmp_path: Path, lake_root: Path, qu
 
     code, out, err = run_command("enqueue", "--from-file", str(items), lake_root=lake_root)
 
-    assert (code, err) == (0, "")
+    assert code == 0 and steps("enqueue", err) == ["3 rows valid; writing them in one commit", "committed 3 items"]
     assert "Enqueued 3 items" in out and uri in out
     table = queue.read()
     assert table.select("conid", "symbol", "priority", "account", "status").rows() == [
@@ -327,7 +337,11 @@ def test_queue_import_adopts_every_item_once(tmp_path: Path, lake_root: Path, qu
 
     code, out, err = run_command("queue", "import", legacy, lake_root=lake_root)
 
-    assert (code, err) == (0, "")
+    assert code == 0 and steps("queue import", err) == [
+        f"read 3 rows from {legacy}",
+        "3 rows valid; adding those not already here in one commit",
+        "committed 3 new items (0 were already here)",
+    ]
     assert "Adopted 3 items" in out and "0 were already there" in out and uri in out
     rows = {r["request_id"]: r for r in queue.read().iter_rows(named=True)}
     assert set(rows) == {r[0] for r in LEGACY_ROWS}
@@ -346,7 +360,7 @@ def test_queue_import_adopts_every_item_once(tmp_path: Path, lake_root: Path, qu
 
     code, out, err = run_command("queue", "import", legacy, lake_root=lake_root)
 
-    assert (code, err) == (0, "")
+    assert code == 0 and steps("queue import", err)[-1] == "committed 0 new items (3 were already here)"
     assert "Adopted 0 items" in out and "3 were already there" in out
     assert DeltaTable(uri).version() == version, "a second import must not commit"
     assert queue.read().height == 3

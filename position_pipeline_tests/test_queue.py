@@ -20,6 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from position_pipeline import lake
+from position_pipeline import queue as queue_module
 from position_pipeline.queue import (
     PositionQueue,
     QueuedPosition,
@@ -202,6 +203,22 @@ def test_enqueue_csv(queue: PositionQueue, tmp_path: Path) -> None:
     two_columns.write_text("symbol,conid\nBP,301\n")
     queue.enqueue_csv(two_columns)
     assert queue.get_batch(limit=10)[-1].conid == 301
+
+
+def test_enqueue_csv_reports_progress(queue: PositionQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "PROGRESS_EVERY", 2)
+    path = tmp_path / "positions.csv"
+    path.write_text("conid,symbol\n1,A\n2,B\n\n3,C\nx,D\n5,E\n")
+    heard: list[str] = []
+
+    with pytest.raises(QueueInputError):
+        queue.enqueue_csv(path, progress=heard.append)
+    assert heard == ["read 2 rows (line 3)", "read 4 rows (line 6), 1 bad"]  # no commit step: nothing written
+
+    path.write_text("conid,symbol\n1,A\n2,B\n3,C\n")
+    heard.clear()
+    queue.enqueue_csv(path, progress=heard.append)
+    assert heard == ["read 2 rows (line 3)", "3 rows valid; writing them in one commit", "committed 3 items"]
 
 
 @pytest.mark.parametrize(
