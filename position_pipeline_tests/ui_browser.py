@@ -39,7 +39,7 @@ from position_pipeline.jobs import SYNC_JOB_NAME
 from position_pipeline.queue import PositionQueue
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Locator, Page
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -360,13 +360,27 @@ def _sensor_page(browser: Browser, url: str, out: Path, seen: Tour) -> None:
     page.goto(f"{url}{SENSOR_PAGE}")
     page.locator("tbody").get_by_text("1 run requested").first.wait_for()
     _hide_navigation(page)
-    page.locator("tbody").get_by_text("0 runs requested").first.hover()
-    tooltip = page.get_by_role("tooltip").first
-    tooltip.wait_for()
-    seen.tooltip = tooltip.inner_text()
+    seen.tooltip = _hover_tooltip(page, page.locator("tbody").get_by_text("0 runs requested").first)
     seen.page_text["sensor"] = page.inner_text("body")
     seen.screenshots["sensor"] = _shoot(page, out, "sensor")
     page.close()
+
+
+def _hover_tooltip(page: Page, target: Locator, attempts: int = 6) -> str:
+    """The tooltip `target` shows on hover. The tick table re-renders as the running sensor adds ticks (every 5 s),
+    which can drop a hover on a loaded machine, so hover again, a bounded number of times."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    tooltip = page.get_by_role("tooltip").first
+    for attempt in range(attempts):
+        page.mouse.move(0, 0)
+        target.hover()
+        try:
+            tooltip.wait_for(timeout=PAGE_TIMEOUT_MS / attempts)
+            return tooltip.inner_text()
+        except PlaywrightTimeout:
+            log.info("no tooltip after hover %d of %d; hovering again", attempt + 1, attempts)
+    raise TimeoutError(f"no tooltip after {attempts} hovers of {target}")
 
 
 def _shoot(page: Page, out: Path, name: str) -> Path:
