@@ -69,6 +69,8 @@ def check_pages(seen: Tour) -> None:
 
     failed = seen.page_text["failed_run"]
     assert "RUN_FAILURE" in failed and f"refused the connection at {seen.gateway}" in failed
+    in_use = seen.page_text["client_id_run"]
+    assert "already in use (error 326)" in in_use and "set IB_CLIENT_ID to a free range" in in_use
 
 
 def check_graphql_answers(seen: Tour) -> None:
@@ -102,3 +104,6 @@ def check_graphql_answers(seen: Tour) -> None:
     assert seen.failed_run_errors, "the failed run has a step failure"
     error = seen.failed_run_errors[0]
     assert seen.gateway in error and "IB_HOST, IB_PORT" in error
+    assert seen.client_id_run_errors, "the client-id run has a step failure"
+    in_use = seen.client_id_run_errors[0]
+    assert seen.gateway in in_use and "error 326" in in_use and "IB_CLIENT_ID" in in_use

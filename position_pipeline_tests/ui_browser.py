@@ -59,6 +59,8 @@ SCREENSHOTS = {
 WAVES = ((12, 1), (25, 2), (40, 3))
 """Held and unheld contracts per enqueue wave: one sync run each, so the plots have points that differ."""
 PAGE_TIMEOUT_MS = 20_000
+CLIENT_IDS = range(100, 108)
+"""The code location's client-id range in the tour (IB_CLIENT_ID, IB_CLIENT_ID_SPAN); the last run finds it taken."""
 NAV_WIDTH, HEADER_HEIGHT = 68, 108
 """Pixels the folded navigation and the lineage page's header take from the viewport."""
 
@@ -99,6 +101,8 @@ class Tour:
     """Materializations of position_queue: one per sync run that wrote back."""
     ticks: list[dict[str, Any]] = field(default_factory=list)
     failed_run_errors: list[str] = field(default_factory=list)
+    client_id_run_errors: list[str] = field(default_factory=list)
+    """The step errors of the run that found every client id of its range in use."""
     gateway: str = ""
     dagster_pid: int = 0
     """`dagster dev`'s process (and group) id: gone, with its webserver, daemon and run workers, once the tour ends."""
@@ -188,6 +192,8 @@ def running_stack(workdir: Path, startup_timeout: float = 60) -> Iterator[Stack]
             lake.LAKE_URI_VARIABLE: root,
             "IB_HOST": gateway.host,
             "IB_PORT": str(gateway.port),
+            "IB_CLIENT_ID": str(CLIENT_IDS.start),
+            "IB_CLIENT_ID_SPAN": str(len(CLIENT_IDS)),
         }
         command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", LOCATION, "-h", "127.0.0.1",
                    "-p", str(port)]  # fmt: skip
@@ -270,6 +276,18 @@ def tour(workdir: Path, out: Path, chromium: str) -> Tour:
             _failed_run_page(browser, stack.url, failed_run_id, out, seen)
             _sensor_page(browser, stack.url, out, seen)
             _graphql_facts(stack, failed_run_id, seen)
+
+            # The gateway answers again, but every client id of the code location's range is taken (error 326).
+            stack.gateway.set_faults(locked_client_ids=set(CLIENT_IDS))
+            stack.gateway.call(lambda gw: gw.go_down(0.1, drop_existing=False))  # back up in 0.1 s
+            failures = stack.wait_for(
+                lambda: [r for r in stack.sync_runs("FAILURE") if r["runId"] != failed_run_id],
+                60,
+                "a sync run failed because every client id was in use",
+            )
+            seen.client_id_run_errors = _step_failures(stack, failures[0]["runId"])
+            seen.seconds["client_id_run"] = round(time.monotonic() - started, 1)
+            seen.page_text["client_id_run"] = _run_page_text(browser, stack.url, failures[0]["runId"], "326")
         finally:
             browser.close()
     seen.seconds["total"] = round(time.monotonic() - started, 1)
@@ -354,6 +372,17 @@ def _failed_run_page(browser: Browser, url: str, run_id: str, out: Path, seen: T
     page.close()
 
 
+def _run_page_text(browser: Browser, url: str, run_id: str, expected: str) -> str:
+    """A run page's rendered text once `expected` shows in it (no picture: docs/ has one failed run)."""
+    page = _page(browser)
+    page.goto(f"{url}/runs/{run_id}")
+    page.get_by_text("RUN_FAILURE").first.wait_for()
+    page.get_by_text(expected).first.wait_for()
+    text = page.inner_text("body")
+    page.close()
+    return text
+
+
 def _sensor_page(browser: Browser, url: str, out: Path, seen: Tour) -> None:
     """The sensor's ticks; hovering the newest skipped tick shows why it skipped."""
     page = _page(browser)
@@ -430,14 +459,17 @@ def _graphql_facts(stack: Stack, failed_run_id: str, seen: Tour) -> None:
     queue = stack.graphql(history, {"path": ["position_queue"]})["assetOrError"]["assetMaterializations"]
     seen.write_backs = len(queue)
     seen.ticks = _ticks(stack)
+    seen.failed_run_errors = _step_failures(stack, failed_run_id)
+
+
+def _step_failures(stack: Stack, run_id: str) -> list[str]:
+    """The error messages of a run's failed steps, as the run page lists them."""
     events = stack.graphql(
         """query Failure($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events {
              __typename ... on ExecutionStepFailureEvent { stepKey error { message } } } } } }""",
-        {"runId": failed_run_id},
+        {"runId": run_id},
     )["logsForRun"]["events"]
-    seen.failed_run_errors = [
-        e["error"]["message"] for e in events if e["__typename"] == "ExecutionStepFailureEvent" and e.get("error")
-    ]
+    return [e["error"]["message"] for e in events if e["__typename"] == "ExecutionStepFailureEvent" and e.get("error")]
 
 
 def _entry_value(entry: dict[str, Any]) -> Any:
@@ -457,6 +489,7 @@ def summary(seen: Tour) -> str:
         "newest metadata: " + ", ".join(f"{k}={newest[k][1]}" for k in PLOTTED if k in newest),
         f"skip reason shown on hover: {seen.tooltip}",
         f"failed run error: {seen.failed_run_errors[0].strip() if seen.failed_run_errors else '(none)'}",
+        f"client-id run error: {seen.client_id_run_errors[0].strip() if seen.client_id_run_errors else '(none)'}",
     ]
     return "\n".join(lines)
 
