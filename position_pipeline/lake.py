@@ -269,6 +269,41 @@ POSITION_UPDATES_PARTITION = "snapshot_date"
 POSITION_UPDATES_ARROW_SCHEMA = arrow_schema(POSITION_UPDATES_SCHEMA, POSITION_UPDATES_NULLABLE)
 
 
+def open_or_create(
+    uri: str,
+    schema: pa.Schema,
+    *,
+    name: str,
+    description: str,
+    partition_by: list[str] | None = None,
+    storage_options: Mapping[str, str] | None = None,
+) -> DeltaTable:
+    """The table at `uri` at its newest version, created empty first if absent.
+
+    Losing a creation race to another process is fine: both then open the one table that won. Callers check the
+    schema they found, since an existing table is opened whatever its columns.
+    """
+    options = dict(storage_options) if storage_options is not None else None
+    try:
+        return DeltaTable(uri, storage_options=options)
+    except TableNotFoundError:
+        pass
+    try:
+        DeltaTable.create(
+            uri,
+            schema,
+            mode="ignore",
+            partition_by=partition_by,
+            name=name,
+            description=description,
+            storage_options=options,
+        )
+        logger.info("created %s", uri)
+    except DeltaError as exc:
+        logger.info("%s was created concurrently (%s)", uri, exc)
+    return DeltaTable(uri, storage_options=options)
+
+
 def ensure_position_updates_table(root: str, storage_options: Mapping[str, str] | None = None) -> str:
     """The URI of `position_updates` under `root`, after creating the table if it is absent.
 
@@ -278,24 +313,14 @@ def ensure_position_updates_table(root: str, storage_options: Mapping[str, str] 
     `storage_options` None: those `storage_options_for(root)` gives.
     """
     uri = table_uri(root, POSITION_UPDATES_TABLE)
-    options = resolve_storage_options(root, storage_options)
-    try:
-        dt = DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
-        try:
-            dt = DeltaTable.create(
-                uri,
-                POSITION_UPDATES_ARROW_SCHEMA,
-                mode="ignore",
-                partition_by=[POSITION_UPDATES_PARTITION],
-                name=POSITION_UPDATES_TABLE,
-                description="Position history: one row per successfully refreshed queue item.",
-                storage_options=options,
-            )
-            logger.info("created %s", uri)
-        except DeltaError as exc:
-            logger.info("%s was created concurrently (%s)", uri, exc)
-            dt = DeltaTable(uri, storage_options=options)
+    dt = open_or_create(
+        uri,
+        POSITION_UPDATES_ARROW_SCHEMA,
+        name=POSITION_UPDATES_TABLE,
+        description="Position history: one row per successfully refreshed queue item.",
+        partition_by=[POSITION_UPDATES_PARTITION],
+        storage_options=resolve_storage_options(root, storage_options),
+    )
     found = pl.scan_delta(dt).collect_schema()
     partitions = dt.metadata().partition_columns
     if found != POSITION_UPDATES_SCHEMA or partitions != [POSITION_UPDATES_PARTITION]:

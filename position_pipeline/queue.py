@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 import polars as pl
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError
 
 from position_pipeline import lake
 
@@ -834,10 +834,13 @@ class PositionQueue:
 
     def _open(self) -> DeltaTable:
         """The table at its latest version, created first if absent (with the declared schema)."""
-        try:
-            dt = DeltaTable(self.table_uri, storage_options=self._storage_options)
-        except TableNotFoundError:
-            dt = self._create()
+        dt = lake.open_or_create(
+            self.table_uri,
+            lake.QUEUE_ARROW_SCHEMA,
+            name=lake.QUEUE_TABLE,
+            description="Position refresh requests; one row per request, in exactly one status.",
+            storage_options=self._storage_options,
+        )
         if not self._schema_checked:
             found = pl.scan_delta(dt).collect_schema()
             if found != lake.QUEUE_SCHEMA:
@@ -847,22 +850,6 @@ class PositionQueue:
                 )
             self._schema_checked = True
         return dt
-
-    def _create(self) -> DeltaTable:
-        """Create the table; losing a creation race to another process is fine."""
-        try:
-            DeltaTable.create(
-                self.table_uri,
-                lake.QUEUE_ARROW_SCHEMA,
-                mode="ignore",
-                name=lake.QUEUE_TABLE,
-                description="Position refresh requests; one row per request, in exactly one status.",
-                storage_options=self._storage_options,
-            )
-            logger.info("created queue table %s", self.table_uri)
-        except DeltaError as exc:
-            logger.info("queue table %s was created concurrently (%s)", self.table_uri, exc)
-        return DeltaTable(self.table_uri, storage_options=self._storage_options)
 
     def _scan(self, dt: DeltaTable) -> pl.LazyFrame:
         """A lazy read of exactly the version `dt` holds; collect before `dt` changes version."""
