@@ -1,6 +1,7 @@
 """Reading the latest positions from a long position history: `latest_positions` on 1,000,000 rows over 180 days.
 
-Run: `python -m benchmarks.positions_read [--repeat 5] [--commits-per-day 1] [--json FILE]`. Target: well under 2 s.
+Run: `python -m benchmarks.positions_read [--repeat 5] [--commits-per-day 1] [--json FILE]` (or as part of
+`python -m benchmarks all`, which uses the defaults). Target: well under 2 s.
 
 The history is 2,000 contracts (stocks, options, futures) held in 3 accounts: 6,000 positions. Each day's rows come
 in batches of 50 sharing one snapshot time, like the sync job's, and each day is appended in `--commits-per-day`
@@ -135,6 +136,24 @@ def _seconds(action: Callable[[], object], repeat: int) -> list[float]:
     return times
 
 
+def measure(*, rows: int, contracts: int, days: int, commits_per_day: int, repeat: int) -> dict[str, Any]:
+    """Build the history in a temporary lake, check and time the reads; returns the figures."""
+    return _measure(
+        argparse.Namespace(rows=rows, contracts=contracts, days=days, commits_per_day=commits_per_day, repeat=repeat)
+    )
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    """For `python -m benchmarks`: the default history (quick: 200,000 rows, 3 repeats); prints a table."""
+    from benchmarks import report
+
+    figures = measure(
+        rows=200_000 if quick else 1_000_000, contracts=2_000, days=180, commits_per_day=1, repeat=3 if quick else 5
+    )
+    print(report.table("Read side: latest_positions", ["figure", "value"], list(figures.items())))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -144,7 +163,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    figures = _measure(args)
+    print(f"{'figure':<34} {'value':>12}")
+    for name, value in figures.items():
+        print(f"{name:<34} {value:>12}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
 
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="positions-read-") as root:
         start = time.perf_counter()
         rows = history(rows=args.rows, contracts=args.contracts, days=args.days)
@@ -198,12 +225,7 @@ def main() -> None:
             "same" if latest_positions(root, as_of=middle).equals(expected) else "DIFFERENT"
         )
         figures["target_s"] = 2.0
-
-    print(f"{'figure':<34} {'value':>12}")
-    for name, value in figures.items():
-        print(f"{name:<34} {value:>12}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+    return figures
 
 
 if __name__ == "__main__":

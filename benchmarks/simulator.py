@@ -11,6 +11,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from ib_async import IB, StartupFetch
 
@@ -44,6 +45,31 @@ async def _concurrent_clients_seconds(port: int, clients: int) -> float:
     return time.perf_counter() - start
 
 
+def measure(repeat: int, clients: int) -> dict[str, Any]:
+    """Time reqPositions of 10,000 positions `repeat` times, then `clients` clients connecting at once."""
+    big = GatewayState.generate(positions=10_000, accounts=1, seed=1)
+    with GatewayThread(lambda: SimulatedGateway(big, port=0, price_interval=None)) as sim:
+        times = asyncio.run(_positions_seconds(sim.port, repeat))
+    small = GatewayState.generate(positions=30, accounts=2, seed=1)
+    with GatewayThread(lambda: SimulatedGateway(small, port=0, price_interval=None)) as sim:
+        concurrent = asyncio.run(_concurrent_clients_seconds(sim.port, clients))
+    return {
+        "reqPositions_10000_median_s": round(statistics.median(times), 3),
+        "reqPositions_10000_max_s": round(max(times), 3),
+        "reqPositions_10000_target_s": 1.0,
+        f"connect_and_read_{clients}_clients_s": round(concurrent, 3),
+    }
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    """For `python -m benchmarks`: the defaults (quick: 3 repeats, 50 clients); prints a table."""
+    from benchmarks import report
+
+    figures = measure(3 if quick else 5, 50 if quick else 200)
+    print(report.table("Simulated gateway", ["figure", "value"], list(figures.items())))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
@@ -51,19 +77,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    big = GatewayState.generate(positions=10_000, accounts=1, seed=1)
-    with GatewayThread(lambda: SimulatedGateway(big, port=0, price_interval=None)) as sim:
-        times = asyncio.run(_positions_seconds(sim.port, args.repeat))
-    small = GatewayState.generate(positions=30, accounts=2, seed=1)
-    with GatewayThread(lambda: SimulatedGateway(small, port=0, price_interval=None)) as sim:
-        clients = asyncio.run(_concurrent_clients_seconds(sim.port, args.clients))
-
-    figures = {
-        "reqPositions_10000_median_s": round(statistics.median(times), 3),
-        "reqPositions_10000_max_s": round(max(times), 3),
-        "reqPositions_10000_target_s": 1.0,
-        f"connect_and_read_{args.clients}_clients_s": round(clients, 3),
-    }
+    figures = measure(args.repeat, args.clients)
     print(f"{'figure':<40} {'value':>10}")
     for name, value in figures.items():
         print(f"{name:<40} {value:>10}")
