@@ -1,23 +1,31 @@
 """Table upkeep: keep the queue small and every table's files few, without racing the pipeline's writers.
 
 Why: a claim reads the whole queue table, and the Delta IO manager reads every add action after each append, so both
-slow down as history piles up. Once an hour `table_upkeep`:
+slow down as history piles up. Every sync batch adds a file to each table (a sensor at 5 s: 720 an hour), so waiting
+an hour to compact is too long. `table_upkeep` runs in two sizes:
 
-1. moves SUCCESS items older than a retention period from `positions/position_queue` to
-   `positions/position_queue_archive` (same schema), exactly once: a claim's cost then follows the live queue, not its
-   history;
-2. compacts small files (the queue whole, position_updates only in days before today, the archive whole), writes a
-   checkpoint and drops expired log files, and vacuums files unreferenced for longer than a retention period.
+- every 3 minutes, compaction only, and only when a table has a partition with COMPACT_MIN_SMALL_FILES small files
+  (the schedule looks first and launches no run otherwise): the small files of what is still being written (the
+  queue, position_updates' open day) are merged into files of up to HOT_TARGET_SIZE. Files that reach that size are
+  left alone, so each compaction rewrites a bounded amount, and a claim or mark (which rewrites every file holding a
+  row it changes) rewrites one such file, never the whole queue;
+- at minute 23 of every hour, the full upkeep:
+  1. moves SUCCESS items older than a retention period from `positions/position_queue` to
+     `positions/position_queue_archive` (same schema), exactly once: a claim's cost then follows the live queue, not
+     its history;
+  2. compacts small files (as above, and position_updates' closed days and the archive into large files), writes a
+     checkpoint and drops expired log files, and vacuums files unreferenced for longer than a retention period.
 
 Racing the writers: the job carries the sync job's `pipeline: position_sync` tag, so the instance's tag concurrency
 limit (dagster.yaml, limit 1) never runs it beside a sync run; those wait behind it. Producers, the sensor and backfill
 runs (tagged `position_backfill`) may still write the queue meanwhile, so every commit here is retried on conflict
 (re-read, jittered backoff: queue.py's loop). Archiving is safe under any interleaving; a compaction or vacuum that
-keeps losing is reported as skipped rather than failing the run, and the next hour tries again.
+keeps losing is reported as skipped rather than failing the run, and the next run tries again.
 """
 
 import logging
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +67,22 @@ ARCHIVE_BATCH = 100_000
 """Items moved per exactly-once round: bounds the memory and the size of each MERGE after a long pause."""
 MAINTENANCE_ATTEMPTS = 5
 """Tries for a compaction or vacuum commit that conflicts with concurrent writers, before it is reported skipped."""
+
+HOT_TARGET_SIZE = 4 * 1024 * 1024
+"""Target file size (bytes) for compacting tables still being written: the queue, and position_updates' open day.
+
+Compaction leaves a file of at least the target alone, so each run rewrites at most about this much per partition
+however long the day, and the queue's items sit in files of at most this size: a claim or mark rewrites the one
+holding its rows. With 4 MiB (of input) a compacted queue file holds about 65,000 rows (2 MB), so the 24 hours of
+SUCCESS items the queue keeps at the sensor's full rate (864,000) fit in about 13 files, and a claim rewrites at most
+65,000 rows. Closed days and the archive, which nothing writes any more, get delta-rs's default (100 MB)."""
+COMPACT_MIN_SMALL_FILES = 10
+"""Compaction between full upkeeps starts once a partition holds this many files under HOT_TARGET_SIZE."""
+
+UPKEEP_CRON = "2-59/3 * * * *"
+"""Every 3 minutes (minute 2, 5, ... 59: 36 sensor batches apart at most), through minute FULL_UPKEEP_MINUTE."""
+FULL_UPKEEP_MINUTE = 23
+"""The tick of each hour that runs the full upkeep (archive, compaction, checkpoint, vacuum), away from :00."""
 
 UPKEEP_JOB_NAME = "table_upkeep"
 UPKEEP_MAX_RUNTIME_SECONDS = 600
@@ -307,16 +331,65 @@ def closed_days(today: date | None = None) -> list[tuple[str, str, Any]]:
     return [(lake.POSITION_UPDATES_PARTITION, "<", day)]
 
 
+def open_days(today: date | None = None) -> list[tuple[str, str, Any]]:
+    """position_updates' partition filter for `today` (UTC) and later: the days still being appended to."""
+    day = today if today is not None else datetime.now(UTC).date()
+    return [(lake.POSITION_UPDATES_PARTITION, ">=", day)]
+
+
+def small_files(
+    table_uri: str,
+    target_size: int = HOT_TARGET_SIZE,
+    *,
+    partition_filters: Sequence[tuple[str, str, Any]] | None = None,
+    storage_options: lake.StorageOptions | None = None,
+) -> int:
+    """The most files under `target_size` that one partition (of those matching `partition_filters`) holds; 0 for no
+    table. Reads the log only."""
+    try:
+        dt = DeltaTable(table_uri, storage_options=lake.resolve_storage_options(table_uri, storage_options))
+    except TableNotFoundError:
+        return 0
+    return _most_small_files(dt, target_size, list(partition_filters) if partition_filters else None)
+
+
+def _most_small_files(dt: DeltaTable, target_size: int, filters: list[tuple[str, str, Any]] | None) -> int:
+    actions = pl.DataFrame(dt.get_add_actions(flatten=True))
+    if actions.is_empty():
+        return 0
+    small = actions.filter(pl.col("size_bytes") < target_size)
+    for column, op, value in filters or []:
+        small = small.filter(_COMPARISONS[op](pl.col(f"partition.{column}"), pl.lit(value)))
+    partitions = [c for c in small.columns if c.startswith("partition.")]
+    if small.is_empty() or not partitions:
+        return small.height
+    return int(small.group_by(partitions).len()["len"].max())  # type: ignore[arg-type]
+
+
+_COMPARISONS: dict[str, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+"""The partition filter operators upkeep uses, on the add actions' typed partition values."""
+
+
 def compact(
     table_uri: str,
     *,
     partition_filters: Sequence[tuple[str, str, Any]] | None = None,
     target_size: int | None = None,
+    min_small_files: int | None = None,
     attempts: int = MAINTENANCE_ATTEMPTS,
     storage_options: lake.StorageOptions | None = None,
 ) -> UpkeepStep:
     """Rewrite the table's small files (only in partitions matching `partition_filters`) into few large ones.
 
+    Files of at least `target_size` (default: delta-rs's, 100 MB) are left as they are. With `min_small_files`, the
+    table is left alone (no commit) unless one of its partitions holds that many files under `target_size`.
     The rows are the same before and after (Delta marks the commit dataChange=false). A concurrent MERGE that
     rewrote a file being compacted fails the commit; it is retried `attempts` times, then reported skipped.
     """
@@ -324,7 +397,12 @@ def compact(
     filters = list(partition_filters) if partition_filters else None
 
     def attempt() -> dict[str, Any]:
-        return _compact_once(DeltaTable(table_uri, storage_options=options), filters, target_size)
+        dt = DeltaTable(table_uri, storage_options=options)
+        if min_small_files is not None:
+            found = _most_small_files(dt, target_size or _DELTA_TARGET_SIZE, filters)
+            if found < min_small_files:
+                return {"numFilesRemoved": 0, "numFilesAdded": 0, "partitionsOptimized": 0}
+        return _compact_once(dt, filters, target_size)
 
     return _maintain(
         table_uri,
@@ -338,6 +416,10 @@ def compact(
             "partitions_optimized": int(m["partitionsOptimized"]),
         },
     )
+
+
+_DELTA_TARGET_SIZE = 100 * 1024 * 1024
+"""delta-rs's compaction target when neither the call nor the table (delta.targetFileSize) sets one."""
 
 
 def _compact_once(
@@ -429,7 +511,7 @@ def _maintain(
 
 
 class UpkeepConfig(dg.Config):
-    """How long SUCCESS items stay in the hot queue, and how long replaced files stay readable."""
+    """How long SUCCESS items stay in the hot queue, how long replaced files stay readable, and how much to do."""
 
     success_retention_hours: int = Field(
         default=int(DEFAULT_SUCCESS_RETENTION / timedelta(hours=1)),
@@ -444,14 +526,36 @@ class UpkeepConfig(dg.Config):
         description="Files replaced by compaction or MERGEs are deleted this long after; readers of older "
         "snapshots (and time travel) need them until then. 1 to 168 (Delta's own record of them lasts 7 days).",
     )
+    compact_only: bool = Field(
+        default=False,
+        description="Only compact the small files of the queue and position_updates' open day, where a partition "
+        f"holds at least {COMPACT_MIN_SMALL_FILES} (the schedule's runs between full upkeeps). False: the full upkeep.",
+    )
 
 
 @dg.op(
-    description="Archive old SUCCESS queue items, then compact, checkpoint and vacuum the queue, its archive and "
-    "position_updates (closed days only).",
+    description="Full upkeep: archive old SUCCESS queue items, then compact, checkpoint and vacuum the queue, its "
+    "archive and position_updates. With compact_only: merge the small files of the queue and position_updates' open "
+    "day only.",
 )
 def upkeep_tables(context: dg.OpExecutionContext, config: UpkeepConfig, lake: LakeResource) -> None:
     context.add_output_metadata(run_upkeep(context.log, config, lake.root_uri, lake.storage_options()))
+
+
+def compactions(table: str, *, full: bool, today: date | None = None) -> list[dict[str, Any]]:
+    """The `compact` calls upkeep makes on `table`, in order (keyword arguments).
+
+    What is still written to (the queue, position_updates' open day) goes to files of HOT_TARGET_SIZE; between full
+    upkeeps only where a partition holds COMPACT_MIN_SMALL_FILES small files. A full upkeep also merges what nothing
+    writes any more (position_updates' closed days, the archive) into large files.
+    """
+    hot: dict[str, Any] = {"target_size": HOT_TARGET_SIZE, "min_small_files": None if full else COMPACT_MIN_SMALL_FILES}
+    if table == lake.QUEUE_TABLE:
+        return [hot]
+    if table == lake.POSITION_UPDATES_TABLE:
+        closed = [{"partition_filters": closed_days(today)}] if full else []
+        return [*closed, {**hot, "partition_filters": open_days(today)}]
+    return [{}] if full else []
 
 
 def run_upkeep(
@@ -460,41 +564,47 @@ def run_upkeep(
     root: str,
     storage_options: lake.StorageOptions | None = None,
 ) -> dict[str, Any]:
-    """Every upkeep step in order, logging progress per step; returns the run's output metadata."""
+    """Every upkeep step in order (compaction only with `config.compact_only`), logging progress per step; returns
+    the run's output metadata."""
     options = lake.resolve_storage_options(root, storage_options)
-    metadata: dict[str, Any] = {}
+    full = not config.compact_only
+    metadata: dict[str, Any] = {"upkeep": "full" if full else "compaction only"}
     skipped: list[str] = []
     tables = {
-        lake.QUEUE_TABLE: (lake.table_uri(root, lake.QUEUE_TABLE), None),
-        ARCHIVE_TABLE: (archive_uri(root), None),
-        lake.POSITION_UPDATES_TABLE: (lake.table_uri(root, lake.POSITION_UPDATES_TABLE), closed_days()),
+        lake.QUEUE_TABLE: lake.table_uri(root, lake.QUEUE_TABLE),
+        ARCHIVE_TABLE: archive_uri(root),
+        lake.POSITION_UPDATES_TABLE: lake.table_uri(root, lake.POSITION_UPDATES_TABLE),
     }
-    first = {name: table_state(uri, options) for name, (uri, _) in tables.items()}
+    today = datetime.now(UTC).date()
+    plans = {name: compactions(name, full=full, today=today) for name in tables}
+    tables = {name: uri for name, uri in tables.items() if plans[name]}
+    first = {name: table_state(uri, options) for name, uri in tables.items()}
 
-    started = time.perf_counter()
-    retention = timedelta(hours=config.success_retention_hours)
-    log.info(f"archiving SUCCESS items older than {retention} from the queue")
-    try:
-        archived = archive_succeeded(root, retention, storage_options=options)
-    except CommitFailedError as exc:
-        archived = 0
-        skipped.append(f"archive: lost to concurrent queue writers ({exc}); the next run moves them")
-    seconds = time.perf_counter() - started
-    log.info(f"archived {archived} items in {seconds:.2f} s")
-    metadata["rows archived"] = archived
-    metadata["archive seconds"] = round(seconds, 3)
+    if full:
+        started = time.perf_counter()
+        retention = timedelta(hours=config.success_retention_hours)
+        log.info(f"archiving SUCCESS items older than {retention} from the queue")
+        try:
+            archived = archive_succeeded(root, retention, storage_options=options)
+        except CommitFailedError as exc:
+            archived = 0
+            skipped.append(f"archive: lost to concurrent queue writers ({exc}); the next run moves them")
+        seconds = time.perf_counter() - started
+        log.info(f"archived {archived} items in {seconds:.2f} s")
+        metadata["rows archived"] = archived
+        metadata["archive seconds"] = round(seconds, 3)
 
     done: list[UpkeepStep] = []
     vacuum_retention = timedelta(hours=config.vacuum_retention_hours)
-    for name, (uri, filters) in tables.items():
+    for name, uri in tables.items():
         if table_state(uri, options) is None:
             log.info(f"{name}: no table, nothing to do")
             metadata[f"{name} files"] = dg.MetadataValue.text("no table")
             continue
-        compacted = _logged(log, name, compact(uri, partition_filters=filters, storage_options=options))
-        checkpointed = _logged(log, name, checkpoint(uri, storage_options=options))
-        vacuumed = _logged(log, name, vacuum(uri, vacuum_retention, storage_options=options))
-        steps = [compacted, checkpointed, vacuumed]
+        steps = [_logged(log, name, compact(uri, storage_options=options, **plan)) for plan in plans[name]]
+        if full:
+            steps.append(_logged(log, name, checkpoint(uri, storage_options=options)))
+            steps.append(_logged(log, name, vacuum(uri, vacuum_retention, storage_options=options)))
         last = table_state(uri, options)
         start = first[name] or TableState(version=-1, files=0, bytes=0, rows=0)  # created by this run (the archive)
         if last is not None:
@@ -510,13 +620,13 @@ def run_upkeep(
                     f"{name} version after": last.version,
                 }
             )
-        metadata.update(
-            {
-                f"{name} files compacted": compacted.details.get("files_removed", 0),
-                f"{name} files vacuumed": vacuumed.details.get("files_deleted", 0),
-                **{f"{name} {step.step} seconds": round(step.seconds, 3) for step in steps},
-            }
-        )
+        step_seconds: dict[str, float] = {}
+        for step in steps:
+            step_seconds[step.step] = step_seconds.get(step.step, 0.0) + step.seconds
+        metadata[f"{name} files compacted"] = sum(s.details.get("files_removed", 0) for s in steps)
+        if full:
+            metadata[f"{name} files vacuumed"] = sum(s.details.get("files_deleted", 0) for s in steps)
+        metadata.update({f"{name} {step} seconds": round(value, 3) for step, value in step_seconds.items()})
         skipped.extend(f"{name} {step.step}: {step.skipped}" for step in steps if step.skipped)
         done.extend(steps)
     for warning in skipped:
@@ -553,19 +663,56 @@ def _steps_markdown(steps: Sequence[UpkeepStep]) -> str:
 @dg.job(
     name=UPKEEP_JOB_NAME,
     executor_def=dg.in_process_executor,
-    description="Hourly: bound the queue (old SUCCESS items to the archive) and compact, checkpoint and vacuum the "
-    "lake's tables. Tagged like the sync job, so the instance never runs the two at once: sync runs wait behind it.",
+    description="Bound the queue (old SUCCESS items to the archive) and compact, checkpoint and vacuum the lake's "
+    "tables; every few minutes only the compaction of small files. Tagged like the sync job, so the instance never "
+    "runs the two at once: sync runs wait behind it.",
     tags={"pipeline": "position_sync", "dagster/max_runtime": str(UPKEEP_MAX_RUNTIME_SECONDS)},
 )
 def table_upkeep() -> None:
     upkeep_tables()
 
 
-table_upkeep_schedule = dg.ScheduleDefinition(
+@dg.schedule(
     name="table_upkeep_schedule",
     job=table_upkeep,
-    cron_schedule="23 * * * *",
+    cron_schedule=UPKEEP_CRON,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="table_upkeep at minute 23 of every hour (UTC), away from the top of the hour.",
+    description=f"The full table_upkeep at minute {FULL_UPKEEP_MINUTE} of every hour (UTC); every 3 minutes in "
+    f"between, a compaction-only run when the queue or position_updates has a partition with at least "
+    f"{COMPACT_MIN_SMALL_FILES} small files (otherwise no run).",
 )
+def table_upkeep_schedule(context: dg.ScheduleEvaluationContext, lake: LakeResource) -> dg.RunRequest | dg.SkipReason:
+    """Full at :23; in between, only when compaction has something to merge, so an idle lake launches no runs."""
+    at = context.scheduled_execution_time or datetime.now(UTC)
+    if at.astimezone(UTC).minute == FULL_UPKEEP_MINUTE:
+        return dg.RunRequest(run_config=_upkeep_run_config(compact_only=False), tags={"upkeep": "full"})
+    crowded = crowded_tables(lake.root_uri, lake.storage_options())
+    if not crowded:
+        return dg.SkipReason(
+            f"no partition of the queue or position_updates holds {COMPACT_MIN_SMALL_FILES} files under "
+            f"{HOT_TARGET_SIZE // 2**20} MiB: nothing to compact"
+        )
+    return dg.RunRequest(
+        run_config=_upkeep_run_config(compact_only=True),
+        tags={"upkeep": "compaction", **{f"small_files/{name}": str(n) for name, n in crowded.items()}},
+    )
+
+
+def crowded_tables(root: str, storage_options: lake.StorageOptions | None = None) -> dict[str, int]:
+    """The tables a compaction-only run would compact: queue and position_updates, where a partition holds at least
+    COMPACT_MIN_SMALL_FILES files under HOT_TARGET_SIZE, with that count."""
+    found = {}
+    for name in (lake.QUEUE_TABLE, lake.POSITION_UPDATES_TABLE):
+        [plan] = [p for p in compactions(name, full=False) if p.get("min_small_files")]
+        found[name] = small_files(
+            lake.table_uri(root, name),
+            plan["target_size"],
+            partition_filters=plan.get("partition_filters"),
+            storage_options=storage_options,
+        )
+    return {name: n for name, n in found.items() if n >= COMPACT_MIN_SMALL_FILES}
+
+
+def _upkeep_run_config(*, compact_only: bool) -> dict[str, Any]:
+    return {"ops": {"upkeep_tables": {"config": {"compact_only": compact_only}}}}

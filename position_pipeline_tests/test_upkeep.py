@@ -18,6 +18,7 @@ import pyarrow as pa
 import pydantic
 import pytest
 import yaml
+from dagster._utils.schedules import cron_string_iterator
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
@@ -27,12 +28,19 @@ from position_pipeline.jobs import position_sync_job
 from position_pipeline.queue import PositionQueue, QueueStatus
 from position_pipeline.resources import LakeResource
 from position_pipeline.upkeep import (
+    COMPACT_MIN_SMALL_FILES,
+    FULL_UPKEEP_MINUTE,
+    HOT_TARGET_SIZE,
     UpkeepConfig,
     archive_succeeded,
     archive_uri,
     checkpoint,
     closed_days,
     compact,
+    compactions,
+    open_days,
+    run_upkeep,
+    small_files,
     table_state,
     table_upkeep,
     table_upkeep_schedule,
@@ -450,9 +458,9 @@ def test_the_job_archives_compacts_and_reports(root: str, queue: PositionQueue) 
     for i in range(10):
         queue.insert(1_000 + i, "P")
     uri = lake.ensure_position_updates_table(root)
-    yesterday = now.date() - DAY
-    for batch in range(12):
-        write_deltalake(uri, _update_rows(yesterday, batch), mode="append")
+    for day in (now.date() - DAY, now.date()):
+        for batch in range(12):
+            write_deltalake(uri, _update_rows(day, batch), mode="append")
 
     instance = dg.DagsterInstance.ephemeral()
     result = table_upkeep.execute_in_process(
@@ -471,7 +479,9 @@ def test_the_job_archives_compacts_and_reports(root: str, queue: PositionQueue) 
     assert meta["rows archived"] == 30
     assert (meta["position_queue files before"], meta["position_queue files after"]) == (11, 1)
     assert meta["position_queue rows after"] == 10
-    assert (meta["position_updates files before"], meta["position_updates files after"]) == (12, 1)
+    # The closed day into one large file, the open day into one file under the hot target.
+    assert (meta["position_updates files before"], meta["position_updates files after"]) == (24, 2)
+    assert meta["upkeep"] == "full"
     assert meta["position_updates version after"] > meta["position_updates version before"]
     assert meta["position_queue_archive rows after"] == 30
     assert meta["position_updates vacuum seconds"] >= 0
@@ -488,7 +498,12 @@ def test_the_job_archives_compacts_and_reports(root: str, queue: PositionQueue) 
 def test_upkeep_config_refuses_retentions_out_of_range() -> None:
     assert UpkeepConfig().success_retention_hours == 24
     assert UpkeepConfig().vacuum_retention_hours == 168
-    for bad in ({"vacuum_retention_hours": 0}, {"vacuum_retention_hours": 169}, {"success_retention_hours": 0}):
+    cases: list[dict[str, Any]] = [
+        {"vacuum_retention_hours": 0},
+        {"vacuum_retention_hours": 169},
+        {"success_retention_hours": 0},
+    ]
+    for bad in cases:
         with pytest.raises(pydantic.ValidationError):
             UpkeepConfig(**bad)
     with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
@@ -499,7 +514,6 @@ def test_upkeep_config_refuses_retentions_out_of_range() -> None:
 
 
 def test_schedule_and_tags_keep_upkeep_off_the_sync_runs() -> None:
-    assert table_upkeep_schedule.cron_schedule == "23 * * * *"
     assert table_upkeep_schedule.execution_timezone == "UTC"
     assert table_upkeep_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert table_upkeep_schedule.job_name == "table_upkeep"
@@ -510,6 +524,136 @@ def test_schedule_and_tags_keep_upkeep_off_the_sync_runs() -> None:
     assert (position_sync_job.tags or {})["pipeline"] == table_upkeep.tags["pipeline"]
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[table_upkeep], schedules=[table_upkeep_schedule]))
     assert merged.get_job_def("table_upkeep").name == "table_upkeep"
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2030, 1, 1, 10, 23, tzinfo=UTC))
+    assert defs.resolve_schedule_def("table_upkeep_schedule").required_resource_keys == {"lake"}
+
+
+def test_the_schedule_ticks_every_3_minutes_and_runs_the_full_upkeep_once_an_hour() -> None:
+    start = datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
+    ticks = []
+    for tick in cron_string_iterator(start.timestamp(), str(table_upkeep_schedule.cron_schedule), "UTC"):
+        if tick >= start + timedelta(hours=1):
+            break
+        ticks.append(tick.astimezone(UTC))
+    assert [t.minute for t in ticks if t.minute == FULL_UPKEEP_MINUTE] == [FULL_UPKEEP_MINUTE]
+    following = [*ticks[1:], ticks[0] + timedelta(hours=1)]  # the next hour starts the same way
+    gaps = {b - a for a, b in zip(ticks, following, strict=True)}
+    assert gaps == {timedelta(minutes=3)}  # at most 36 sensor batches (at 5 s) between two compactions
+
+    context = dg.build_schedule_context(
+        scheduled_execution_time=start.replace(minute=FULL_UPKEEP_MINUTE),
+        resources={"lake": LakeResource(root_uri="/nonexistent/never/read")},
+    )
     [request] = table_upkeep_schedule.evaluate_tick(context).run_requests or []
-    assert isinstance(request, dg.RunRequest)
+    assert request.run_config == {"ops": {"upkeep_tables": {"config": {"compact_only": False}}}}
+    assert request.tags["upkeep"] == "full"
+
+
+def test_between_full_upkeeps_the_schedule_compacts_only_when_small_files_pile_up(
+    root: str, queue: PositionQueue
+) -> None:
+    def tick() -> dg.RunRequest | None:
+        context = dg.build_schedule_context(
+            scheduled_execution_time=datetime(2030, 1, 1, 10, 26, tzinfo=UTC),
+            resources={"lake": LakeResource(root_uri=root)},
+        )
+        data = table_upkeep_schedule.evaluate_tick(context)
+        requests = data.run_requests or []
+        assert len(requests) <= 1
+        request = requests[0] if requests else None
+        if request is None:
+            assert "nothing to compact" in str(data.skip_message)
+        return request
+
+    assert tick() is None  # no table yet: no run
+    for i in range(COMPACT_MIN_SMALL_FILES - 1):
+        queue.insert(i + 1, f"S{i}")
+    assert tick() is None
+    queue.insert(999, "LAST")
+    request = tick()
+    assert request is not None
+    assert request.run_config == {"ops": {"upkeep_tables": {"config": {"compact_only": True}}}}
+    assert request.tags["small_files/position_queue"] == str(COMPACT_MIN_SMALL_FILES)
+
+    result = table_upkeep.execute_in_process(
+        resources={"lake": LakeResource(root_uri=root)}, run_config=request.run_config, tags=request.tags
+    )
+    assert result.success
+    assert table_state(queue.table_uri).files == 1  # type: ignore[union-attr]
+    assert len(queue.read()) == COMPACT_MIN_SMALL_FILES
+    assert tick() is None
+
+
+def test_compaction_only_merges_what_is_being_written_and_nothing_else(root: str, queue: PositionQueue) -> None:
+    old = _succeeded(queue, 5, datetime.now(UTC) - 3 * DAY)
+    for i in range(12):
+        queue.insert(100 + i, f"P{i}")
+    uri = lake.ensure_position_updates_table(root)
+    today = datetime.now(UTC).date()
+    for day in (today - DAY, today):
+        for batch in range(12):
+            write_deltalake(uri, _update_rows(day, batch), mode="append")
+    queue_rows, update_rows = _rows(queue.table_uri), pl.scan_delta(uri).collect()
+    yesterday_files = {f for f in _referenced(uri) if f.startswith(f"snapshot_date={today - DAY}/")}
+
+    meta = run_upkeep(logging.getLogger("test_upkeep"), UpkeepConfig(compact_only=True), root)
+
+    assert meta["upkeep"] == "compaction only" and "rows archived" not in meta
+    assert not os.path.exists(archive_uri(root))  # nothing archived: the old SUCCESS items stay until the full run
+    assert set(old) <= set(_ids(queue.table_uri))
+    assert table_state(queue.table_uri).files == 1  # type: ignore[union-attr]
+    assert _checksum(_rows(queue.table_uri)) == _checksum(queue_rows)
+    files = _referenced(uri)
+    assert yesterday_files <= files  # closed days wait for the full run
+    assert len([f for f in files if f.startswith(f"snapshot_date={today}/")]) == 1
+    assert _checksum(pl.scan_delta(uri).collect()) == _checksum(update_rows)
+    assert not list(Path(uri, "_delta_log").glob("*.checkpoint.parquet"))  # no checkpoint, no vacuum
+    assert "vacuum" not in str(meta["steps"]) and "checkpoint" not in str(meta["steps"])
+
+    # A few more small files are not worth a commit.
+    for batch in range(COMPACT_MIN_SMALL_FILES - 2):
+        write_deltalake(uri, _update_rows(today, 100 + batch), mode="append")
+    versions = DeltaTable(queue.table_uri).version(), DeltaTable(uri).version()
+    run_upkeep(logging.getLogger("test_upkeep"), UpkeepConfig(compact_only=True), root)
+    assert (DeltaTable(queue.table_uri).version(), DeltaTable(uri).version()) == versions
+
+
+def test_hot_compaction_leaves_files_that_reached_the_target_alone(root: str) -> None:
+    uri = lake.ensure_position_updates_table(root)
+    today = NOW.date()
+    write_deltalake(uri, _update_rows(today, 0, size=5_000), mode="append")
+    [big] = _referenced(uri)
+    big_size = Path(uri, big).stat().st_size
+    for batch in range(1, 13):
+        write_deltalake(uri, _update_rows(today, batch), mode="append")
+    rows = pl.scan_delta(uri).collect()
+    assert small_files(uri, target_size=big_size) == 12
+
+    step = compact(uri, partition_filters=open_days(today), target_size=big_size, min_small_files=10)
+
+    assert step.details["files_removed"] == 12  # the big file is not rewritten again
+    assert big in _referenced(uri) and len(_referenced(uri)) == 2
+    assert _checksum(pl.scan_delta(uri).collect()) == _checksum(rows)
+    assert small_files(uri, target_size=big_size) == 1
+
+
+def test_small_files_are_counted_per_partition_and_the_plans_use_the_hot_target(root: str) -> None:
+    uri = lake.ensure_position_updates_table(root)
+    for batch in range(5):
+        write_deltalake(uri, _update_rows(NOW.date() - DAY, batch), mode="append")
+    for batch in range(3):
+        write_deltalake(uri, _update_rows(NOW.date(), batch), mode="append")
+    assert small_files(uri) == 5
+    assert small_files(uri, partition_filters=open_days(NOW.date())) == 3  # the partitions compaction will touch
+    assert small_files(uri, target_size=1) == 0
+    assert small_files(lake.table_uri(root, lake.QUEUE_TABLE)) == 0  # no table
+
+    today = NOW.date()
+    assert compactions(lake.QUEUE_TABLE, full=False, today=today) == [
+        {"target_size": HOT_TARGET_SIZE, "min_small_files": COMPACT_MIN_SMALL_FILES}
+    ]
+    assert compactions(lake.POSITION_UPDATES_TABLE, full=True, today=today) == [
+        {"partition_filters": closed_days(today)},
+        {"target_size": HOT_TARGET_SIZE, "min_small_files": None, "partition_filters": open_days(today)},
+    ]
+    assert compactions(upkeep.ARCHIVE_TABLE, full=False, today=today) == []
+    assert compactions(upkeep.ARCHIVE_TABLE, full=True, today=today) == [{}]
