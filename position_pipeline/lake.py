@@ -40,6 +40,8 @@ SCHEMA_NAME = "positions"
 
 QUEUE_TABLE = "position_queue"
 POSITION_UPDATES_TABLE = "position_updates"
+ARCHIVE_TABLE = "position_queue_archive"
+"""SUCCESS items moved out of the hot queue by table upkeep: same schema as position_queue, never updated by runs."""
 
 UTC_TIMESTAMP = pl.Datetime("us", "UTC")
 """Every timestamp in the lake: microseconds, UTC, timezone-aware (Delta's `timestamp` type)."""

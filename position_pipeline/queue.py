@@ -888,25 +888,33 @@ class PositionQueue:
         return CommitProperties(custom_metadata=metadata, max_commit_retries=_DELTA_COMMIT_RETRIES)
 
     def _retrying(self, operation: str, attempt: Callable[[], T]) -> T:
-        """Run `attempt` (which must re-read the table) until it commits, with bounded jittered backoff."""
-        for number in range(1, self._commit_attempts + 1):
-            try:
-                return attempt()
-            except CommitFailedError as exc:
-                if number == self._commit_attempts:
-                    logger.error("%s: commit conflict, giving up after %d attempts", operation, number)
-                    raise
-                delay = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (number - 1)))
-                logger.info(
-                    "%s: commit conflict on attempt %d/%d, retrying in %.3f s: %s",
-                    operation,
-                    number,
-                    self._commit_attempts,
-                    delay,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
+        return retry_on_conflict(operation, attempt, self._commit_attempts)
+
+
+def retry_on_conflict(operation: str, attempt: Callable[[], T], attempts: int = _COMMIT_ATTEMPTS) -> T:
+    """Run `attempt` (which must re-read the table) until it commits, with bounded jittered backoff.
+
+    Every commit the pipeline makes outside the IO manager goes through this loop (queue claims and marks, upkeep);
+    raises the last CommitFailedError after `attempts` tries.
+    """
+    for number in range(1, attempts + 1):
+        try:
+            return attempt()
+        except CommitFailedError as exc:
+            if number == attempts:
+                logger.error("%s: commit conflict, giving up after %d attempts", operation, number)
+                raise
+            delay = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (number - 1)))
+            logger.info(
+                "%s: commit conflict on attempt %d/%d, retrying in %.3f s: %s",
+                operation,
+                number,
+                attempts,
+                delay,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 _QUEUE_ORDER = ["priority", "created_at", "request_id"]

@@ -36,22 +36,21 @@ from typing import Any, TypeVar
 import dagster as dg
 import polars as pl
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from pydantic import Field
 
 from . import lake
 
 # queue.py's commit-conflict retry and time helpers are private there; they are reused, not copied (the lead is asked
 # to make them public).
-from .queue import PositionQueue, QueueStatus, sql_timestamp, utc_or_now
+from .queue import QueueStatus, retry_on_conflict, sql_timestamp, utc_or_now
 from .resources import LakeResource
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ARCHIVE_TABLE = "position_queue_archive"
-"""SUCCESS items moved out of the hot queue: same schema as position_queue, one row per item, never updated by runs."""
+ARCHIVE_TABLE = lake.ARCHIVE_TABLE
 
 DEFAULT_SUCCESS_RETENTION = timedelta(hours=24)
 DEFAULT_VACUUM_RETENTION = timedelta(days=7)
@@ -92,27 +91,6 @@ UPKEEP_MAX_RUNTIME_SECONDS = 600
 def archive_uri(root: str | os.PathLike[str]) -> str:
     """`{root}/positions/position_queue_archive`."""
     return lake.table_uri(root, ARCHIVE_TABLE)
-
-
-def retry_on_conflict(
-    table_uri: str,
-    operation: str,
-    attempt: Callable[[], T],
-    *,
-    attempts: int | None = None,
-    storage_options: lake.StorageOptions | None = None,
-) -> T:
-    """Run `attempt` (which must re-read the table) until it commits: PositionQueue's loop, for any table.
-
-    Raises the last CommitFailedError after `attempts` tries (None: the queue's own number, as claims and marks get).
-    A thin wrapper so that upkeep uses exactly the queue's retry policy; building a PositionQueue touches no storage.
-    """
-    queue = (
-        PositionQueue(table_uri, storage_options)
-        if attempts is None
-        else PositionQueue(table_uri, storage_options, commit_attempts=attempts)
-    )
-    return queue._retrying(operation, attempt)
 
 
 # Archiving
@@ -218,7 +196,7 @@ def _insert_into_archive(uri: str, rows: pl.DataFrame, options: lake.StorageOpti
         )
         return _Archived(held, int(metrics["num_target_rows_inserted"]))
 
-    return retry_on_conflict(uri, "archive_insert", attempt, storage_options=options)
+    return retry_on_conflict("archive_insert", attempt)
 
 
 def _delete_archived(queue_uri: str, archived: _Archived, cutoff: datetime, options: lake.StorageOptions | None) -> int:
@@ -248,27 +226,18 @@ def _delete_archived(queue_uri: str, archived: _Archived, cutoff: datetime, opti
         )
         return int(metrics["num_target_rows_deleted"])
 
-    return retry_on_conflict(queue_uri, "archive_delete", attempt, storage_options=options)
+    return retry_on_conflict("archive_delete", attempt)
 
 
 def _open_archive(uri: str, options: lake.StorageOptions | None) -> DeltaTable:
     """The archive at its newest version, created first if absent; a table with other columns is refused."""
-    try:
-        dt = DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
-        try:
-            DeltaTable.create(
-                uri,
-                lake.QUEUE_ARROW_SCHEMA,
-                mode="ignore",
-                name=ARCHIVE_TABLE,
-                description="SUCCESS queue items moved out of position_queue by table upkeep.",
-                storage_options=options,
-            )
-            logger.info("created %s", uri)
-        except DeltaError as exc:
-            logger.info("%s was created concurrently (%s)", uri, exc)
-        dt = DeltaTable(uri, storage_options=options)
+    dt = lake.open_or_create(
+        uri,
+        lake.QUEUE_ARROW_SCHEMA,
+        name=ARCHIVE_TABLE,
+        description="SUCCESS queue items moved out of position_queue by table upkeep.",
+        storage_options=options,
+    )
     found = pl.scan_delta(dt).collect_schema()
     if found != lake.QUEUE_SCHEMA:
         raise ValueError(f"{uri} is not a queue archive: columns {dict(found)}, expected {dict(lake.QUEUE_SCHEMA)}")
@@ -498,7 +467,7 @@ def _maintain(
     if before is None:
         return UpkeepStep(table_uri, step, time.perf_counter() - started, skipped="no table")
     try:
-        metrics = retry_on_conflict(table_uri, step, attempt, attempts=attempts, storage_options=options)
+        metrics = retry_on_conflict(step, attempt, attempts)
     except CommitFailedError as exc:
         reason = f"lost to concurrent writers {attempts} times: {str(exc).splitlines()[0] if str(exc) else exc!r}"
         logger.warning("%s of %s skipped: %s", step, table_uri, reason)
