@@ -207,7 +207,7 @@ QUEUE_ARROW_SCHEMA = arrow_schema(QUEUE_SCHEMA, QUEUE_NULLABLE)
 # The sync job's tables. Both are declared here so the ib_snapshot step, the position_updates step and the table's
 # creation agree on every column.
 
-_POSITION_VALUES = {
+POSITION_VALUES = {
     "account": pl.String(),
     "symbol": pl.String(),
     "sec_type": pl.String(),
@@ -225,6 +225,7 @@ _POSITION_VALUES = {
     "realized_pnl": pl.Float64(),
     "account_update_time": pl.String(),
 }
+"""The position and its values from IB, as both the ib_snapshot step and position_updates carry them."""
 
 SNAPSHOT_RESULTS_SCHEMA = pl.Schema(
     {
@@ -236,7 +237,7 @@ SNAPSHOT_RESULTS_SCHEMA = pl.Schema(
         "claims": pl.Int32(),
         "snapshot_at": UTC_TIMESTAMP,
         "client_id": pl.Int32(),
-        **_POSITION_VALUES,
+        **POSITION_VALUES,
         "error": pl.String(),
     }
 )
@@ -250,7 +251,7 @@ POSITION_UPDATES_SCHEMA = pl.Schema(
     {
         "request_id": pl.String(),
         "conid": pl.Int64(),
-        **_POSITION_VALUES,
+        **POSITION_VALUES,
         "queued_at": UTC_TIMESTAMP,
         "snapshot_at": UTC_TIMESTAMP,
         "run_id": pl.String(),
