@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("names", nargs="+", metavar="NAME", help=f"'all' or any of: {', '.join(NAMES)}")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON figures")
+    parser.add_argument("--out", type=Path, default=report.DEFAULT_OUT, help="folder for the JSON figures")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes: a check that all run")
     args = parser.parse_args(argv)
 

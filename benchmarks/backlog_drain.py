@@ -21,7 +21,6 @@ sensor alone at its steady 50 items per 5 s: 10,000 s for 100,000 items.
 
 from __future__ import annotations
 
-import argparse
 import random
 import tempfile
 import time
@@ -195,11 +194,7 @@ def _table(figures: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON figures")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ITEMS:,} items instead of {ITEMS:,}")
-    args = parser.parse_args()
-    print(f"figures written to {report.save(args.out, NAME, run(args.out, args.quick))}")
+    report.command(NAME, run, __doc__, f"{QUICK_ITEMS:,} items instead of {ITEMS:,}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ round per side comes first (imports, first connection).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import tempfile
@@ -500,11 +499,7 @@ def _median_steps(steps: list[Any]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON figures")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds instead of {ROUNDS}")
-    args = parser.parse_args()
-    print(f"figures written to {report.save(args.out, NAME, run(args.out, args.quick))}")
+    report.command(NAME, run, __doc__, f"{QUICK_ROUNDS} rounds instead of {ROUNDS}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ the first step), the batch (claim, IB read, Delta append), and this poller notic
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import random
@@ -339,12 +338,7 @@ def _table(figures: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON figures")
-    parser.add_argument("--quick", action="store_true", help="a 60 s producer instead of 3 minutes")
-    args = parser.parse_args()
-    figures = run(args.out, args.quick)
-    print(f"figures written to {report.save(args.out, NAME, figures)}")
+    report.command(NAME, run, __doc__, "a 60 s producer instead of 3 minutes")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ go within the run) and the size of `_delta_log`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import subprocess
@@ -214,11 +213,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON figures")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_BATCHES} batches instead of {BATCHES:,}")
-    args = parser.parse_args()
-    print(f"figures written to {report.save(args.out, NAME, run(args.out, args.quick))}")
+    report.command(NAME, run, __doc__, f"{QUICK_BATCHES} batches instead of {BATCHES:,}")
 
 
 if __name__ == "__main__":

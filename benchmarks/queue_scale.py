@@ -22,7 +22,6 @@ Measured twice, on the table as built ("before upkeep") and after `upkeep.run_up
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -253,11 +252,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON figures")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_CLAIMS} claims instead of {CLAIMS}")
-    args = parser.parse_args()
-    print(f"figures written to {report.save(args.out, NAME, run(args.out, args.quick))}")
+    report.command(NAME, run, __doc__, f"{QUICK_CLAIMS} claims instead of {CLAIMS}")
 
 
 if __name__ == "__main__":

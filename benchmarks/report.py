@@ -6,6 +6,7 @@ Each benchmark module has `run(out_dir: Path, quick: bool) -> dict` that prints 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import platform
@@ -107,6 +108,18 @@ def _cell(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+DEFAULT_OUT = Path("benchmarks/results")
+
+
+def command(name: str, run: Callable[[Path, bool], dict[str, Any]], doc: str | None, quick: str) -> None:
+    """`python -m benchmarks.<name> [--out DIR] [--quick]`: run one benchmark and save its figures."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON figures")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    args = parser.parse_args()
+    print(f"figures written to {save(args.out, name, run(args.out, args.quick))}")
 
 
 def save(out_dir: Path, name: str, figures: dict[str, Any]) -> Path:
