@@ -362,10 +362,7 @@ def _position_updates_page(browser: Browser, url: str, out: Path, seen: Tour) ->
 
 
 def _failed_run_page(browser: Browser, url: str, run_id: str, out: Path, seen: Tour) -> None:
-    page = _page(browser)
-    page.goto(f"{url}/runs/{run_id}")
-    page.get_by_text("RUN_FAILURE").first.wait_for()
-    page.get_by_text("refused the connection").first.wait_for()
+    page = _failed_run(browser, url, run_id, "refused the connection")
     _hide_navigation(page)
     seen.page_text["failed_run"] = page.inner_text("body")
     seen.screenshots["failed_run"] = _shoot(page, out, "failed_run")
@@ -373,14 +370,20 @@ def _failed_run_page(browser: Browser, url: str, run_id: str, out: Path, seen: T
 
 
 def _run_page_text(browser: Browser, url: str, run_id: str, expected: str) -> str:
-    """A run page's rendered text once `expected` shows in it (no picture: docs/ has one failed run)."""
+    """A failed run page's rendered text (no picture: docs/ has one failed run)."""
+    page = _failed_run(browser, url, run_id, expected)
+    text = page.inner_text("body")
+    page.close()
+    return text
+
+
+def _failed_run(browser: Browser, url: str, run_id: str, expected: str) -> Page:
+    """A failed run's page, once its RUN_FAILURE event and `expected` show."""
     page = _page(browser)
     page.goto(f"{url}/runs/{run_id}")
     page.get_by_text("RUN_FAILURE").first.wait_for()
     page.get_by_text(expected).first.wait_for()
-    text = page.inner_text("body")
-    page.close()
-    return text
+    return page
 
 
 def _sensor_page(browser: Browser, url: str, out: Path, seen: Tour) -> None:
