@@ -257,5 +257,9 @@ def test_a_backfill_through_the_daemon_catches_up_an_outage_while_the_sensor_run
     again = pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
     assert isinstance(again, pl.DataFrame)
     assert again.height == 300  # nothing added
-    assert DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version() == version  # not even empty commits
+    # Not even empty commits. The daemon also runs table upkeep's schedule: a compaction (OPTIMIZE, no data change)
+    # may land meanwhile, and is the only commit allowed.
+    history = DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).history()
+    later = [c for c in history if c["version"] > version]
+    assert [c["operation"] for c in later if c["operation"] != "OPTIMIZE"] == [], later
     assert not any(r.is_order or r.is_market_data for r in sim.requests())
