@@ -33,7 +33,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from benchmarks import report
-from benchmarks.freshness import Daemon, RunEvents, run_events, running_daemon
+from benchmarks.daemon import Daemon, RunEvents, run_events, running_daemon
 from position_pipeline import lake
 from position_pipeline.backfill import launch_backfill
 from position_pipeline.ib_gateway_sim import GatewayState
