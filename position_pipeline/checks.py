@@ -19,12 +19,10 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 from pydantic import Field
 
 from .assets import position_queue, position_updates
-from .lake import POSITION_UPDATES_TABLE, QUEUE_TABLE, StorageOptions, resolve_storage_options, table_uri
+from .lake import POSITION_UPDATES_TABLE, QUEUE_TABLE, StorageOptions, open_existing, table_uri
 from .leases import CLAIM_LEASE_SECONDS
 from .metadata import markdown_table
 from .positions import age_text
@@ -57,7 +55,7 @@ def evaluate_duplicates(root: str, *, storage_options: StorageOptions | None = N
     read of the sampled ids' run_id says which runs wrote them.
     """
     started = time.perf_counter()
-    table = _open(table_uri(root, POSITION_UPDATES_TABLE), storage_options)
+    table = open_existing(table_uri(root, POSITION_UPDATES_TABLE), storage_options)
     if table is None:
         return dg.AssetCheckResult(
             passed=True,
@@ -107,7 +105,7 @@ def evaluate_claims(
     """Passes when no item has been PROCESSING for longer than `lease` at `now` (claimed_at < now - lease)."""
     at = utc_or_now(now)
     lease_seconds = lease.total_seconds()
-    table = _open(table_uri(root, QUEUE_TABLE), storage_options)
+    table = open_existing(table_uri(root, QUEUE_TABLE), storage_options)
     if table is None:
         return dg.AssetCheckResult(
             passed=True,
@@ -171,7 +169,7 @@ def evaluate_failed_share(
     Nothing finished in the window passes.
     """
     at = utc_or_now(now)
-    table = _open(table_uri(root, QUEUE_TABLE), storage_options)
+    table = open_existing(table_uri(root, QUEUE_TABLE), storage_options)
     if table is None:
         return dg.AssetCheckResult(
             passed=True,
@@ -233,7 +231,7 @@ def evaluate_freshness(
     """
     at = utc_or_now(now)
     limit = at - max_age
-    queue = _open(table_uri(root, QUEUE_TABLE), storage_options)
+    queue = open_existing(table_uri(root, QUEUE_TABLE), storage_options)
     pending, waiting, oldest = 0, 0, None
     if queue is not None:
         since = (
@@ -251,7 +249,7 @@ def evaluate_freshness(
             pending=pl.len(), waiting=(pl.col("since") < limit).sum(), oldest=pl.col("since").min()
         ).collect()
         pending, waiting, oldest = found.row(0)
-    updates = _open(table_uri(root, POSITION_UPDATES_TABLE), storage_options)
+    updates = open_existing(table_uri(root, POSITION_UPDATES_TABLE), storage_options)
     newest: datetime | None = None
     if updates is not None:
         newest = pl.scan_delta(updates).select(pl.col("snapshot_at").max()).collect().item()
@@ -400,14 +398,6 @@ position_checks_schedule = dg.ScheduleDefinition(
 
 
 # Helpers
-
-
-def _open(uri: str, storage_options: StorageOptions | None) -> DeltaTable | None:
-    """The table at its newest version, or None when there is none: a check never creates a table."""
-    try:
-        return DeltaTable(uri, storage_options=resolve_storage_options(uri, storage_options))
-    except TableNotFoundError:
-        return None
 
 
 def _seconds(value: float | None) -> float | None:

@@ -272,6 +272,16 @@ POSITION_UPDATES_PARTITION = "snapshot_date"
 POSITION_UPDATES_ARROW_SCHEMA = arrow_schema(POSITION_UPDATES_SCHEMA, POSITION_UPDATES_NULLABLE)
 
 
+def open_existing(uri: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable | None:
+    """The table at `uri` at its newest version, or None when there is none: nothing is created.
+
+    `storage_options` None: those `storage_options_for(uri)` gives."""
+    try:
+        return DeltaTable(uri, storage_options=resolve_storage_options(uri, storage_options))
+    except TableNotFoundError:
+        return None
+
+
 def open_or_create(
     uri: str,
     schema: pa.Schema,
@@ -286,11 +296,10 @@ def open_or_create(
     Losing a creation race to another process is fine: both then open the one table that won. Callers check the
     schema they found, since an existing table is opened whatever its columns.
     """
-    options = dict(storage_options) if storage_options is not None else None
-    try:
-        return DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
-        pass
+    existing = open_existing(uri, storage_options)
+    if existing is not None:
+        return existing
+    options = resolve_storage_options(uri, storage_options)
     try:
         DeltaTable.create(
             uri,
@@ -350,11 +359,8 @@ def existing_request_ids(
         raise TypeError(f"since must be a date, got {since!r}")
     if isinstance(since, datetime):  # partitions are UTC days
         since = (since if since.tzinfo is None else since.astimezone(UTC)).date()
-    try:
-        dt = DeltaTable(
-            table_uri(root, POSITION_UPDATES_TABLE), storage_options=resolve_storage_options(root, storage_options)
-        )
-    except TableNotFoundError:
+    dt = open_existing(table_uri(root, POSITION_UPDATES_TABLE), storage_options)
+    if dt is None:
         return set()
     dataset = dt.to_pyarrow_dataset(file_pruning_predicate=[(POSITION_UPDATES_PARTITION, ">=", since.isoformat())])
     found = dataset.to_table(columns=["request_id"], filter=pc.field("request_id").isin(wanted))

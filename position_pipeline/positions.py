@@ -80,8 +80,6 @@ def latest_positions(
     `storage_options` None: those `lake.storage_options_for(root)` gives (AWS_* variables for an s3:// lake).
     """
     import polars as pl
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
 
     from . import lake
 
@@ -92,9 +90,8 @@ def latest_positions(
     at = (as_of or now or datetime.now(UTC)).astimezone(UTC)
     schema = output_schema()
     uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
-    try:
-        table = DeltaTable(uri, storage_options=lake.resolve_storage_options(root, storage_options))
-    except TableNotFoundError:
+    table = lake.open_existing(uri, storage_options)
+    if table is None:
         return pl.DataFrame(schema=schema)
 
     history = pl.scan_delta(table)  # one table version for both reads

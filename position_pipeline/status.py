@@ -26,7 +26,7 @@ from .lake_option import LAKE_ENV, lake_argument, resolve_lake
 from .positions import age_text
 
 if TYPE_CHECKING:
-    from deltalake import DeltaTable
+    pass
 
 PROG = "position-pipeline status"
 
@@ -212,9 +212,10 @@ def collect_status(root: str, *, now: datetime | None = None, max_attempts: int 
 def _queue_status(uri: str, at: datetime, max_attempts: int) -> dict[str, Any]:
     import polars as pl
 
+    from . import lake
     from .queue import PositionQueue
 
-    dt = _open(uri)
+    dt = lake.open_existing(uri)
     if dt is None:
         return {
             "queue": TableStats(uri, False, None, 0, 0),
@@ -292,7 +293,7 @@ def _updates_status(uri: str) -> tuple[TableStats, Batch | None]:
 
     from . import lake
 
-    dt = _open(uri)
+    dt = lake.open_existing(uri)
     if dt is None:
         return TableStats(uri, False, None, 0, 0), None
     days = [p.get(lake.POSITION_UPDATES_PARTITION) or "" for p in dt.partitions()]
@@ -313,19 +314,6 @@ def _updates_status(uri: str) -> tuple[TableStats, Batch | None]:
         run_id, snapshot_at, rows = frames[1].row(0)
         batch = Batch(str(run_id), snapshot_at, int(rows))
     return TableStats(uri, True, dt.version(), len(dt.file_uris()), int(frames[0].item())), batch
-
-
-def _open(uri: str) -> DeltaTable | None:
-    """The table at its newest version, or None when there is none (nothing is created)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    from . import lake
-
-    try:
-        return DeltaTable(uri, storage_options=lake.storage_options_for(uri))
-    except TableNotFoundError:
-        return None
 
 
 # The command

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import dagster as dg
 import polars as pl
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError
 from pydantic import Field
 
 from . import lake
@@ -154,9 +154,8 @@ def _archivable(
     queue_uri: str, cutoff: datetime, limit: int, options: lake.StorageOptions | None
 ) -> pl.DataFrame | None:
     """Up to `limit` SUCCESS rows updated before `cutoff`, oldest first, whole; None when there is no queue."""
-    try:
-        dt = DeltaTable(queue_uri, storage_options=options)
-    except TableNotFoundError:
+    dt = lake.open_existing(queue_uri, options)
+    if dt is None:
         return None
     return (
         pl.scan_delta(dt)
@@ -277,11 +276,8 @@ class UpkeepStep:
 
 def table_state(table_uri: str, storage_options: lake.StorageOptions | None = None) -> TableState | None:
     """The table's newest version, file count, bytes and rows; None when there is no table."""
-    try:
-        dt = DeltaTable(table_uri, storage_options=lake.resolve_storage_options(table_uri, storage_options))
-    except TableNotFoundError:
-        return None
-    return _state(dt)
+    dt = lake.open_existing(table_uri, storage_options)
+    return None if dt is None else _state(dt)
 
 
 def _state(dt: DeltaTable) -> TableState:
@@ -315,9 +311,8 @@ def small_files(
 ) -> int:
     """The most files under `target_size` that one partition (of those matching `partition_filters`) holds; 0 for no
     table. Reads the log only."""
-    try:
-        dt = DeltaTable(table_uri, storage_options=lake.resolve_storage_options(table_uri, storage_options))
-    except TableNotFoundError:
+    dt = lake.open_existing(table_uri, storage_options)
+    if dt is None:
         return 0
     return _most_small_files(dt, target_size, list(partition_filters) if partition_filters else None)
 
