@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -52,12 +51,6 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "min": min(values),
         "max": max(values),
     }
-
-
-def peak_rss_mb(children: bool = False) -> float:
-    """Peak resident memory in MB of this process (or of its waited-for children), as the kernel counted it."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
-    return usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def own_peak_rss_mb() -> float:
