@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ARCHIVE_TABLE = lake.ARCHIVE_TABLE
 
 DEFAULT_SUCCESS_RETENTION = timedelta(hours=24)
 DEFAULT_VACUUM_RETENTION = timedelta(days=7)
@@ -90,7 +89,7 @@ UPKEEP_MAX_RUNTIME_SECONDS = 600
 
 def archive_uri(root: str | os.PathLike[str]) -> str:
     """`{root}/positions/position_queue_archive`."""
-    return lake.table_uri(root, ARCHIVE_TABLE)
+    return lake.table_uri(root, lake.ARCHIVE_TABLE)
 
 
 # Archiving
@@ -233,7 +232,7 @@ def _open_archive(uri: str, options: lake.StorageOptions | None) -> DeltaTable:
     dt = lake.open_or_create(
         uri,
         lake.QUEUE_ARROW_SCHEMA,
-        name=ARCHIVE_TABLE,
+        name=lake.ARCHIVE_TABLE,
         description="SUCCESS queue items moved out of position_queue by table upkeep.",
         storage_options=options,
     )
@@ -536,7 +535,7 @@ def run_upkeep(
     skipped: list[str] = []
     tables = {
         lake.QUEUE_TABLE: lake.table_uri(root, lake.QUEUE_TABLE),
-        ARCHIVE_TABLE: archive_uri(root),
+        lake.ARCHIVE_TABLE: archive_uri(root),
         lake.POSITION_UPDATES_TABLE: lake.table_uri(root, lake.POSITION_UPDATES_TABLE),
     }
     today = datetime.now(UTC).date()

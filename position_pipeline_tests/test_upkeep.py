@@ -655,5 +655,5 @@ def test_small_files_are_counted_per_partition_and_the_plans_use_the_hot_target(
         {"partition_filters": closed_days(today)},
         {"target_size": HOT_TARGET_SIZE, "min_small_files": None, "partition_filters": open_days(today)},
     ]
-    assert compactions(upkeep.ARCHIVE_TABLE, full=False, today=today) == []
-    assert compactions(upkeep.ARCHIVE_TABLE, full=True, today=today) == [{}]
+    assert compactions(lake.ARCHIVE_TABLE, full=False, today=today) == []
+    assert compactions(lake.ARCHIVE_TABLE, full=True, today=today) == [{}]
