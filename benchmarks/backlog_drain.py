@@ -34,11 +34,11 @@ from deltalake import DeltaTable
 
 from benchmarks import report
 from benchmarks.daemon import Daemon, RunEvents, run_events, running_daemon
-from position_pipeline import lake
-from position_pipeline.backfill import launch_backfill
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.backfill import launch_backfill
+from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState
-from position_pipeline.jobs import SYNC_JOB_NAME
-from position_pipeline.queue import PositionQueue, QueueStatus
 
 NAME = "backlog_drain"
 TARGET_S = 30.0

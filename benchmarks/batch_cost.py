@@ -47,22 +47,22 @@ from deltalake import DeltaTable, write_deltalake
 from ib_async import IB, StartupFetch
 
 from benchmarks import report
-from position_pipeline import lake
-from position_pipeline.assets import (
+from position_pipeline.core import lake
+from position_pipeline.core.ib_reader import IBSettings, read_snapshot
+from position_pipeline.core.queue import PositionQueue
+from position_pipeline.core.sync import failures, position_update_rows, snapshot_results
+from position_pipeline.defs.assets import (
     SENSOR_BATCH_SIZE,
     ib_snapshot,
     position_queue,
     position_updates,
     queued_positions,
 )
+from position_pipeline.defs.io_managers import PositionUpdatesIOManager
+from position_pipeline.defs.jobs import position_sync_job
+from position_pipeline.defs.partitions import QueuedWindow, partition_key_for, queued_hour_partitions, queued_window
+from position_pipeline.defs.resources import IBResource, LakeResource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
-from position_pipeline.ib_reader import IBSettings, read_snapshot
-from position_pipeline.io_managers import PositionUpdatesIOManager
-from position_pipeline.jobs import position_sync_job
-from position_pipeline.partitions import QueuedWindow, partition_key_for, queued_hour_partitions, queued_window
-from position_pipeline.queue import PositionQueue
-from position_pipeline.resources import IBResource, LakeResource
-from position_pipeline.snapshot import failures, position_update_rows, snapshot_results
 
 NAME = "batch_cost"
 TARGET_RATIO = 20.0

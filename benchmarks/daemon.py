@@ -15,10 +15,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from position_pipeline import lake
-from position_pipeline.demo import stop_process_group
+from position_pipeline.cli.demo import stop_process_group
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
-from position_pipeline.queue import PositionQueue
 
 REPO = Path(__file__).resolve().parents[1]
 

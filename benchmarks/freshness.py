@@ -32,10 +32,10 @@ from deltalake import DeltaTable
 
 from benchmarks import report
 from benchmarks.daemon import RunEvents, run_events, running_daemon, sensor_ticks
-from position_pipeline import lake
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue
+from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState
-from position_pipeline.jobs import SYNC_JOB_NAME
-from position_pipeline.queue import PositionQueue
 
 NAME = "freshness"
 TARGET_P95_S = 12.0

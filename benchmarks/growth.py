@@ -36,7 +36,8 @@ import dagster as dg
 from dagster._utils.schedules import cron_string_iterator
 
 from benchmarks import report
-from position_pipeline import lake, upkeep
+from position_pipeline.core import lake
+from position_pipeline.defs import upkeep
 
 NAME = "growth"
 BATCHES, QUICK_BATCHES = 1_000, 150
@@ -85,7 +86,7 @@ def schedule_ticks(start: datetime) -> Iterator[datetime]:
 
 def scheduled_config(root: str, at: datetime) -> dict[str, Any] | None:
     """The upkeep op config the schedule's tick at `at` runs with on this lake, or None when it skips."""
-    from position_pipeline.resources import LakeResource
+    from position_pipeline.defs.resources import LakeResource
 
     context = dg.build_schedule_context(scheduled_execution_time=at, resources={"lake": LakeResource(root_uri=root)})
     requests = upkeep.table_upkeep_schedule.evaluate_tick(context).run_requests or []
@@ -97,7 +98,7 @@ def scheduled_config(root: str, at: datetime) -> dict[str, Any] | None:
 def lane(root: str, batches: int, with_upkeep: bool) -> None:
     """In a child process: `batches` batches into the lake at `root` against a gateway of its own; prints JSON."""
     from benchmarks.batch_cost import held_items, ib_settings, simulated_gateway, sync_batch
-    from position_pipeline.queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     most = dict.fromkeys(TABLES, 0)
     blocks: list[float] = []

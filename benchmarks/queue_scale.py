@@ -39,8 +39,8 @@ from deltalake import write_deltalake
 
 from benchmarks import report
 from benchmarks.batch_cost import held_items, item_window, simulated_gateway
-from position_pipeline import lake
-from position_pipeline.queue import PositionQueue, QueueStatus
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
 
 NAME = "queue_scale"
 HISTORY_ROWS = 1_000_000
@@ -167,7 +167,7 @@ def measure(root: str, scratch: Path, port: int, claims: int, queued_at: datetim
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     """Build the queue, measure, run upkeep, measure again; print and return the figures."""
-    from position_pipeline.upkeep import UpkeepConfig, run_upkeep, table_state
+    from position_pipeline.defs.upkeep import UpkeepConfig, run_upkeep, table_state
 
     claims = QUICK_CLAIMS if quick else CLAIMS
     now = datetime.now(UTC)

@@ -1,3 +1,3 @@
-from .cli import main
+from position_pipeline.cli.main import main
 
 main()

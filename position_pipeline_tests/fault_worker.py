@@ -66,7 +66,7 @@ def _dagster_event(event_type: str, step_key: str | None = None) -> Callable[...
 
 def _after_claim() -> None:
     """PositionQueue.claim returned: the items are PROCESSING, IB not asked yet."""
-    from position_pipeline.queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     _patch(PositionQueue, "claim", after=True)
 
@@ -101,21 +101,21 @@ def _mid_account_download() -> None:
 
 def _after_read_snapshot() -> None:
     """read_snapshot returned; ib_snapshot has not output it."""
-    from position_pipeline import resources
+    from position_pipeline.defs import resources
 
     _patch(resources, "read_snapshot", after=True)
 
 
 def _after_release_on_ib_error() -> None:
     """The IB read failed and the run gave its items back (the gateway is down)."""
-    from position_pipeline.queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     _patch(PositionQueue, "release", after=True)
 
 
 def _before_io_write() -> None:
     """position_updates' output reached the IO manager; nothing appended."""
-    from position_pipeline.io_managers import AppendByTablePartitioningTypeHandler
+    from position_pipeline.defs.io_managers import AppendByTablePartitioningTypeHandler
 
     _patch(AppendByTablePartitioningTypeHandler, "handle_output", after=False)
 
@@ -129,14 +129,14 @@ def _after_delta_commit() -> None:
 
 def _after_mark_success() -> None:
     """mark_success committed; mark_failed_many not run."""
-    from position_pipeline.queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     _patch(PositionQueue, "mark_success", after=True)
 
 
 def _after_mark_failed() -> None:
     """mark_failed_many committed; the position_queue materialization not logged."""
-    from position_pipeline.queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     _patch(PositionQueue, "mark_failed_many", after=True)
 
@@ -181,9 +181,9 @@ def sync_resources(lake_root: str, port: int, **ib: Any) -> dict[str, Any]:
     import dagster as dg
     from dagster_deltalake import LocalConfig, WriteMode
 
-    from position_pipeline import lake
-    from position_pipeline.io_managers import PositionUpdatesIOManager
-    from position_pipeline.resources import IBResource, LakeResource
+    from position_pipeline.core import lake
+    from position_pipeline.defs.io_managers import PositionUpdatesIOManager
+    from position_pipeline.defs.resources import IBResource, LakeResource
 
     settings = {"connect_timeout": 3, "request_timeout": 2, **ib}
     return {
@@ -227,7 +227,7 @@ def run_stalled(args: dict[str, Any]) -> int:
     before its append: it touches `paused_file`, waits (at most `max_wait_s`) for `resume_file`, then goes on.
 
     A worker that is slow there (a hung object-store PUT, a stopped VM) while Dagster reports its run finished."""
-    from position_pipeline.queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     paused, resume = Path(args["paused_file"]), Path(args["resume_file"])
     original = PositionQueue.held_by
@@ -251,9 +251,9 @@ def run_backfill(args: dict[str, Any]) -> int:
     """Materialize the sync assets over partitions first..last in one run; print its outcome as JSON."""
     import dagster as dg
 
-    from position_pipeline.assets import ib_snapshot, position_queue, position_updates, queued_positions
-    from position_pipeline.backfill import BACKFILL_TAGS
-    from position_pipeline.partitions import partition_range_tags
+    from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
+    from position_pipeline.defs.backfill import BACKFILL_TAGS
+    from position_pipeline.defs.partitions import partition_range_tags
 
     with dg.DagsterInstance.get() as instance:
         result = dg.materialize(
@@ -273,7 +273,7 @@ def run_backfill(args: dict[str, Any]) -> int:
 
 def produce(args: dict[str, Any]) -> int:
     """Enqueue `count` items cycling through `items`, `chunk` per insert_many, `pause_s` apart; write their ids."""
-    from position_pipeline.queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     queue = PositionQueue(args["queue_uri"])
     items = [{"conid": conid, "symbol": symbol, "account": account} for conid, symbol, account in args["items"]]

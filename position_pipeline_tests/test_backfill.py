@@ -15,12 +15,12 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from position_pipeline import lake
-from position_pipeline.assets import ib_snapshot, position_updates, queued_positions
-from position_pipeline.backfill import SYNC_ASSET_KEYS, launch_backfill, partition_range
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.assets import ib_snapshot, position_updates, queued_positions
+from position_pipeline.defs.backfill import SYNC_ASSET_KEYS, launch_backfill, partition_range
+from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
-from position_pipeline.partitions import hour_key, partition_range_tags
-from position_pipeline.queue import PositionQueue, QueueStatus
 from position_pipeline_tests.test_pipeline_assets import ASSETS, resources
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)

@@ -15,9 +15,10 @@ import polars as pl
 import pytest
 from deltalake import write_deltalake
 
-from position_pipeline import lake
-from position_pipeline.assets import ib_snapshot, position_queue, position_updates, queued_positions
-from position_pipeline.checks import (
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue
+from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
+from position_pipeline.defs.checks import (
     ASSET_CHECKS,
     CHECKS_JOB_NAME,
     evaluate_claims,
@@ -28,8 +29,7 @@ from position_pipeline.checks import (
     position_checks_job,
     position_checks_schedule,
 )
-from position_pipeline.queue import PositionQueue
-from position_pipeline.resources import IBResource, LakeResource
+from position_pipeline.defs.resources import IBResource, LakeResource
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,8 +19,9 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from position_pipeline import cli, lake
-from position_pipeline.queue import PositionQueue, QueueStatus
+from position_pipeline.cli import main as cli
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
 
 SUBPROCESS_TIMEOUT_S = 60
 
@@ -508,13 +509,14 @@ def heavy_modules_after_help(*commands: list[str]) -> list[str]:
     """The heavy modules a fresh interpreter has imported after printing each command's help (all must exit 0)."""
     probe = (
         "import json, sys\n"
-        "from position_pipeline import cli\n"
+        "from position_pipeline.cli import main as cli\n"
         f"for args in {list(commands)!r}:\n"
         "    try:\n"
         "        cli.main(args)\n"
         "    except SystemExit as exc:\n"
         "        assert exc.code == 0, exc.code\n"
-        "heavy = sorted(m for m in ('polars', 'deltalake', 'pyarrow', 'position_pipeline.queue') if m in sys.modules)\n"
+        "heavy = ('polars', 'deltalake', 'pyarrow', 'position_pipeline.core.queue')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "print(json.dumps(heavy), file=sys.stderr)\n"
     )
     done = subprocess.run(
@@ -529,7 +531,8 @@ def test_help_is_fast_because_nothing_heavy_is_imported() -> None:
 
 
 def test_the_cli_names_the_same_lake_variable_as_the_lake_module() -> None:
-    from position_pipeline import cli, lake
+    from position_pipeline.cli import main as cli
+    from position_pipeline.core import lake
 
     assert cli.LAKE_ENV == lake.LAKE_URI_VARIABLE  # the shared lake_option constant, as the CLI uses it
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from position_pipeline import lake
+from position_pipeline.core import lake
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(400)

@@ -24,10 +24,10 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from position_pipeline import lake
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
-from position_pipeline.jobs import SYNC_JOB_NAME
-from position_pipeline.queue import PositionQueue, QueueStatus
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)

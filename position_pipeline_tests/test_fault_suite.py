@@ -39,16 +39,16 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from position_pipeline import lake
+from position_pipeline.core import lake
+from position_pipeline.core.ib_reader import client_id_for
+from position_pipeline.core.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS
+from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.definitions import defs
+from position_pipeline.defs.jobs import SYNC_JOB_NAME
+from position_pipeline.defs.partitions import hour_key
+from position_pipeline.defs.resources import IBResource, LakeResource
+from position_pipeline.defs.sensors import position_sync_sensor
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
-from position_pipeline.ib_reader import client_id_for
-from position_pipeline.jobs import SYNC_JOB_NAME
-from position_pipeline.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS
-from position_pipeline.partitions import hour_key
-from position_pipeline.queue import PositionQueue, QueueStatus
-from position_pipeline.resources import IBResource, LakeResource
-from position_pipeline.sensors import position_sync_sensor
 
 from .fault_worker import KILL_POINTS, sync_resources
 

@@ -16,9 +16,7 @@ from datetime import UTC, datetime
 import pytest
 from ib_async import IB
 
-from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
-from position_pipeline.ib_gateway_sim.hub import RequestRecord
-from position_pipeline.ib_reader import (
+from position_pipeline.core.ib_reader import (
     ClientIdInUse,
     GatewayUnreachable,
     HeldPosition,
@@ -31,6 +29,8 @@ from position_pipeline.ib_reader import (
     client_id_for,
     read_snapshot,
 )
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline.ib_gateway_sim.hub import RequestRecord
 from position_pipeline_tests.conftest import run_bounded
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from position_pipeline import lake
+from position_pipeline.core import lake
 
 SPAWN = multiprocessing.get_context("spawn")
 

@@ -13,16 +13,16 @@ import pytest
 from dagster_deltalake import LocalConfig
 from deltalake import DeltaTable, write_deltalake
 
-from position_pipeline import lake
-from position_pipeline.assets import ib_snapshot, position_queue, position_updates, queued_positions
+from position_pipeline.core import lake
+from position_pipeline.core.ib_reader import HeldPosition, IBSnapshot
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.core.sync import position_update_rows, snapshot_results
 from position_pipeline.definitions import defs
+from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
+from position_pipeline.defs.io_managers import PositionUpdatesIOManager
+from position_pipeline.defs.partitions import hour_key, partition_range_tags
+from position_pipeline.defs.resources import IBResource, LakeResource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
-from position_pipeline.ib_reader import HeldPosition, IBSnapshot
-from position_pipeline.io_managers import PositionUpdatesIOManager
-from position_pipeline.partitions import hour_key, partition_range_tags
-from position_pipeline.queue import PositionQueue, QueueStatus
-from position_pipeline.resources import IBResource, LakeResource
-from position_pipeline.snapshot import position_update_rows, snapshot_results
 
 pytestmark = pytest.mark.timeout(120)
 ASSETS = [position_queue, queued_positions, ib_snapshot, position_updates]
@@ -241,7 +241,7 @@ def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_writt
     """A run that stalled past its fence may have lost its items to another run: it must not append them."""
     queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
     ids = enqueue_held(queue, sim.call(lambda gw: gw.state), 3)
-    monkeypatch.setattr("position_pipeline.assets.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
+    monkeypatch.setattr("position_pipeline.defs.assets.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
     result = run_sync(lake_root, sim, instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

@@ -22,8 +22,9 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from position_pipeline import lake, positions
-from position_pipeline.positions import latest_positions
+from position_pipeline.cli import positions
+from position_pipeline.cli.positions import latest_positions
+from position_pipeline.core import lake
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -429,6 +430,6 @@ def test_command_reports_an_unreadable_lake(tmp_path: Path, capsys: pytest.Captu
 
 def test_importing_the_module_leaves_polars_and_deltalake_unloaded() -> None:
     """cli.py builds its parser (also for --help) by importing the modules that add arguments."""
-    code = "import sys, position_pipeline.positions; print(sorted({'polars', 'deltalake'} & set(sys.modules)))"
+    code = "import sys, position_pipeline.cli.positions; print(sorted({'polars', 'deltalake'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert result.stdout.strip() == "[]"

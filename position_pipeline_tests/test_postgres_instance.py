@@ -20,7 +20,7 @@ import pytest
 import yaml
 from dagster._core.test_utils import freeze_time
 
-from position_pipeline.run_retention import purge_run_history, purge_runs
+from position_pipeline.defs.run_retention import purge_run_history, purge_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY_FILE = REPO / "deploy" / "dagster.postgres.yaml"

@@ -19,9 +19,9 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from position_pipeline import lake
-from position_pipeline import queue as queue_module
-from position_pipeline.queue import (
+from position_pipeline.core import lake
+from position_pipeline.core import queue as queue_module
+from position_pipeline.core.queue import (
     PositionQueue,
     QueuedPosition,
     QueueInputError,

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from position_pipeline.resources import IBResource, delta_io_manager, ib_resource, lake_resource
+from position_pipeline.defs.resources import IBResource, delta_io_manager, ib_resource, lake_resource
 
 
 def settings_in_a_run(resource: IBResource) -> object:

@@ -12,7 +12,7 @@ from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepo
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from dagster._core.test_utils import freeze_time
 
-from position_pipeline.run_retention import (
+from position_pipeline.defs.run_retention import (
     RETENTION_DAYS_ENV,
     purge_run_history,
     purge_run_history_schedule,

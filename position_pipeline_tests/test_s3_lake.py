@@ -34,20 +34,21 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from position_pipeline import cli, lake
-from position_pipeline.assets import ib_snapshot, position_queue, position_updates, queued_positions
-from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
-from position_pipeline.partitions import hour_key, partition_range_tags
-from position_pipeline.positions import latest_positions
-from position_pipeline.queue import PositionQueue, QueueStatus
-from position_pipeline.resources import (
+from position_pipeline.cli import main as cli
+from position_pipeline.cli.positions import latest_positions
+from position_pipeline.cli.status import collect_status
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
+from position_pipeline.defs.partitions import hour_key, partition_range_tags
+from position_pipeline.defs.resources import (
     IBResource,
     LakeResource,
     delta_io_manager,
     delta_storage_config,
     lake_resource,
 )
-from position_pipeline.status import collect_status
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 
 pytestmark = pytest.mark.timeout(60)
 

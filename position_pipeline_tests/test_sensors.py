@@ -11,14 +11,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from position_pipeline import lake
-from position_pipeline.assets import SENSOR_BATCH_SIZE
-from position_pipeline.jobs import SYNC_JOB_NAME
-from position_pipeline.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
-from position_pipeline.partitions import hour_key, partition_key_for, queued_hour_partitions, queued_window
-from position_pipeline.queue import PositionQueue, QueueStatus
-from position_pipeline.resources import LakeResource
-from position_pipeline.sensors import position_sync_sensor
+from position_pipeline.core import lake
+from position_pipeline.core.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.assets import SENSOR_BATCH_SIZE
+from position_pipeline.defs.jobs import SYNC_JOB_NAME
+from position_pipeline.defs.partitions import hour_key, partition_key_for, queued_hour_partitions, queued_window
+from position_pipeline.defs.resources import LakeResource
+from position_pipeline.defs.sensors import position_sync_sensor
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from position_pipeline import lake, status
-from position_pipeline.lake_option import LAKE_ENV, resolve_lake
-from position_pipeline.queue import PositionQueue, Priority, QueueStatus
+from position_pipeline.cli import status
+from position_pipeline.cli.lake_option import LAKE_ENV, resolve_lake
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, Priority, QueueStatus
 
 # Fixed claim and mark times, an hour after the items are created (created_at is always the wall clock).
 T = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
@@ -478,9 +479,10 @@ def test_constants_match_the_modules_they_stand_for() -> None:
 def test_importing_status_and_building_its_parser_imports_nothing_heavy() -> None:
     probe = (
         "import argparse, sys\n"
-        "from position_pipeline import status\n"
+        "from position_pipeline.cli import status\n"
         "status.add_arguments(argparse.ArgumentParser())\n"
-        "print(sorted(m for m in ('polars', 'deltalake', 'pyarrow', 'position_pipeline.queue') if m in sys.modules))\n"
+        "heavy = ('polars', 'deltalake', 'pyarrow', 'position_pipeline.core.queue')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
 

@@ -22,12 +22,13 @@ from dagster._utils.schedules import cron_string_iterator
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from position_pipeline import lake, upkeep
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.definitions import defs
-from position_pipeline.jobs import position_sync_job
-from position_pipeline.queue import PositionQueue, QueueStatus
-from position_pipeline.resources import LakeResource
-from position_pipeline.upkeep import (
+from position_pipeline.defs import upkeep
+from position_pipeline.defs.jobs import position_sync_job
+from position_pipeline.defs.resources import LakeResource
+from position_pipeline.defs.upkeep import (
     COMPACT_MIN_SMALL_FILES,
     FULL_UPKEEP_MINUTE,
     HOT_TARGET_SIZE,

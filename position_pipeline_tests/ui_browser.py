@@ -32,11 +32,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from position_pipeline import lake
-from position_pipeline.demo import UNKNOWN_CONID, stop_process_group
+from position_pipeline.cli.demo import UNKNOWN_CONID, stop_process_group
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue
+from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
-from position_pipeline.jobs import SYNC_JOB_NAME
-from position_pipeline.queue import PositionQueue
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .ib_gateway_sim import GatewayState
+    from position_pipeline.ib_gateway_sim import GatewayState
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import lake
-    from .ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
+    from position_pipeline.core import lake
+    from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _produce(root: str, state: GatewayState, args: argparse.Namespace, stop: threading.Event) -> None:
     """Enqueue held contracts (with their account) and, now and then, one the gateway does not hold."""
-    from . import lake
-    from .queue import PositionQueue
+    from position_pipeline.core import lake
+    from position_pipeline.core.queue import PositionQueue
 
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     holdings = list(state.positions())

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from .partitions import QueuedWindow, partition_key_for, queued_hour_partitions, queued_window
-from .queue import PositionQueue, QueueStatus
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.partitions import QueuedWindow, partition_key_for, queued_hour_partitions, queued_window
 
 SYNC_ASSET_KEYS = [dg.AssetKey("queued_positions"), dg.AssetKey("ib_snapshot"), dg.AssetKey("position_updates")]
 BACKFILL_TAGS = {"pipeline": "position_backfill"}
@@ -76,7 +76,7 @@ def launch_backfill(
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
-    from .definitions import defs
+    from position_pipeline.definitions import defs
 
     keys = partition_range(start, end, now)
     backfill = PartitionBackfill.from_asset_partitions(

@@ -19,13 +19,13 @@ import polars as pl
 from deltalake import DeltaTable
 from pydantic import Field
 
-from .ib_reader import IBError
-from .lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids, storage_options_for
-from .leases import MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
-from .metadata import markdown_table
-from .partitions import queued_hour_partitions, queued_window
-from .resources import IBResource, LakeResource
-from .snapshot import failures, position_update_rows, snapshot_results
+from position_pipeline.core.ib_reader import IBError
+from position_pipeline.core.lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids, storage_options_for
+from position_pipeline.core.leases import MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
+from position_pipeline.core.sync import failures, position_update_rows, snapshot_results
+from position_pipeline.defs.metadata import markdown_table
+from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
+from position_pipeline.defs.resources import IBResource, LakeResource
 
 GROUP = "positions"
 OWNERS = ["team:trading-data"]

@@ -31,12 +31,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .lake_option import lake_argument, resolve_lake
+from position_pipeline.cli.lake_option import lake_argument, resolve_lake
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from .lake import StorageOptions
+    from position_pipeline.core.lake import StorageOptions
 
 KEY = ("account", "conid")
 """One position: an IB account's holding of one contract."""
@@ -58,7 +58,7 @@ def output_schema() -> pl.Schema:
     """The columns of `latest_positions`' frame: VALUE_COLUMNS with the lake's types, then age_seconds (Float64)."""
     import polars as pl
 
-    from .lake import POSITION_UPDATES_SCHEMA
+    from position_pipeline.core.lake import POSITION_UPDATES_SCHEMA
 
     return pl.Schema({**{name: POSITION_UPDATES_SCHEMA[name] for name in VALUE_COLUMNS}, AGE: pl.Float64()})
 
@@ -81,7 +81,7 @@ def latest_positions(
     """
     import polars as pl
 
-    from . import lake
+    from position_pipeline.core import lake
 
     if as_of is not None:
         _aware("as_of", as_of)
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
     from deltalake.exceptions import DeltaError
 
-    from . import lake
+    from position_pipeline.core import lake
 
     prog = getattr(args, "positions_prog", _PROG)
     root = resolve_lake(args.lake)
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 def _is_table(uri: str) -> bool:
     from deltalake import DeltaTable
 
-    from . import lake
+    from position_pipeline.core import lake
 
     try:
         return DeltaTable.is_deltatable(uri, storage_options=lake.storage_options_for(uri))

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .lake_option import LAKE_ENV, lake_argument, resolve_lake
+from position_pipeline.cli.lake_option import LAKE_ENV, lake_argument, resolve_lake
 
 if TYPE_CHECKING:
-    from .backfill import BackfillProgress
-    from .queue import PositionQueue, QueueInputError
-    from .status import FailedItem
+    from position_pipeline.cli.status import FailedItem
+    from position_pipeline.core.queue import PositionQueue, QueueInputError
+    from position_pipeline.defs.backfill import BackfillProgress
 
 PROG = "position-pipeline"
 _PROBLEMS_SHOWN = 20
@@ -88,10 +88,10 @@ _SINCE_EXAMPLES = "e.g. 2h, 30m, 1d or 2026-11-24T15:00:00Z"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo as demo_module
-    from . import positions as positions_module
-    from . import status as status_module
-    from .ib_gateway_sim import cli as simulator_cli
+    from position_pipeline.cli import demo as demo_module
+    from position_pipeline.cli import positions as positions_module
+    from position_pipeline.cli import status as status_module
+    from position_pipeline.ib_gateway_sim import cli as simulator_cli
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -277,13 +277,13 @@ def _since_argument(text: str) -> datetime:
 
 
 def _queue_uri(args: argparse.Namespace) -> str:
-    from . import lake
+    from position_pipeline.core import lake
 
     return lake.table_uri(resolve_lake(args.lake), lake.QUEUE_TABLE)
 
 
 def _open_queue(args: argparse.Namespace) -> PositionQueue:
-    from .queue import PositionQueue
+    from position_pipeline.core.queue import PositionQueue
 
     return PositionQueue(_queue_uri(args))
 
@@ -351,7 +351,7 @@ def _import_legacy(args: argparse.Namespace) -> int:
     import polars as pl
     from deltalake import DeltaTable
 
-    from . import lake
+    from position_pipeline.core import lake
 
     source = args.path
     options = lake.storage_options_for(source)
@@ -376,8 +376,8 @@ def _queue_counts(args: argparse.Namespace) -> int:
 def _print_counts(args: argparse.Namespace) -> int:
     from deltalake import DeltaTable
 
-    from . import lake
-    from .queue import QueueStatus
+    from position_pipeline.core import lake
+    from position_pipeline.core.queue import QueueStatus
 
     uri = _queue_uri(args)
     exists = DeltaTable.is_deltatable(uri, storage_options=lake.storage_options_for(uri))
@@ -402,8 +402,8 @@ def _requeue(args: argparse.Namespace) -> int:
 def _requeue_failed(args: argparse.Namespace) -> int:
     from deltalake import DeltaTable
 
-    from . import lake
-    from .status import iso, iso_seconds
+    from position_pipeline.cli.status import iso, iso_seconds
+    from position_pipeline.core import lake
 
     uri = _queue_uri(args)
     since: datetime | None = args.since
@@ -462,7 +462,7 @@ def _launch_backfill(args: argparse.Namespace) -> int:
 
     import dagster as dg
 
-    from .backfill import launch_backfill, wait_for_backfill
+    from position_pipeline.defs.backfill import launch_backfill, wait_for_backfill
 
     if not os.environ.get("DAGSTER_HOME"):
         print(
@@ -528,7 +528,7 @@ def _ignore(progress: BackfillProgress) -> None:
 
 def _failed_item(row: dict[str, Any]) -> FailedItem:
     """A queue row as status's FailedItem (its failure time is its updated_at)."""
-    from .status import FailedItem
+    from position_pipeline.cli.status import FailedItem
 
     return FailedItem(
         request_id=row["request_id"],
@@ -553,7 +553,7 @@ def _guarded(command: str, action: Callable[[], int], source: str | None = None)
     """Run a command, turning refused input and lake failures into a message on stderr and exit code 1."""
     from deltalake.exceptions import DeltaError
 
-    from .queue import QueueInputError
+    from position_pipeline.core.queue import QueueInputError
 
     try:
         return action()
@@ -592,7 +592,7 @@ def _integer_option(field: str, text: str, problems: list[tuple[str, str]]) -> i
 
 def _priority_option(text: str | None, problems: list[tuple[str, str]]) -> int | None:
     """1, 2, or a Priority name (active, monitoring); None means monitoring. The queue refuses other numbers."""
-    from .queue import Priority
+    from position_pipeline.core.queue import Priority
 
     if text is None:
         return int(Priority.MONITORING)
@@ -609,7 +609,7 @@ def _priority_option(text: str | None, problems: list[tuple[str, str]]) -> int |
 
 def _input_error(problems: Sequence[tuple[str, str]]) -> QueueInputError:
     """The queue's own error for options refused before the queue sees them (one item: row 0)."""
-    from .queue import InputProblem, QueueInputError
+    from position_pipeline.core.queue import InputProblem, QueueInputError
 
     return QueueInputError([InputProblem(0, field, problem) for field, problem in problems])
 

@@ -39,12 +39,12 @@ from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 from pydantic import Field
 
-from . import lake
+from position_pipeline.core import lake
 
 # queue.py's commit-conflict retry and time helpers are private there; they are reused, not copied (the lead is asked
 # to make them public).
-from .queue import QueueStatus, retry_on_conflict, sql_timestamp, utc_or_now
-from .resources import LakeResource
+from position_pipeline.core.queue import QueueStatus, retry_on_conflict, sql_timestamp, utc_or_now
+from position_pipeline.defs.resources import LakeResource
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .assets import ib_snapshot, position_updates, queued_positions
-from .leases import MAX_RUNTIME_SECONDS
+from position_pipeline.core.leases import MAX_RUNTIME_SECONDS
+from position_pipeline.defs.assets import ib_snapshot, position_updates, queued_positions
 
 SYNC_JOB_NAME = "position_sync"
 

@@ -10,8 +10,8 @@ from datetime import datetime
 
 import polars as pl
 
-from .ib_reader import HeldPosition, IBSnapshot
-from .lake import POSITION_UPDATES_SCHEMA, POSITION_VALUES, SNAPSHOT_RESULTS_SCHEMA
+from position_pipeline.core.ib_reader import HeldPosition, IBSnapshot
+from position_pipeline.core.lake import POSITION_UPDATES_SCHEMA, POSITION_VALUES, SNAPSHOT_RESULTS_SCHEMA
 
 
 def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot) -> pl.DataFrame:

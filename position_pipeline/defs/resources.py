@@ -15,10 +15,10 @@ from dagster_deltalake import LocalConfig, S3Config, WriteMode
 from dagster_deltalake.config import ClientConfig
 from pydantic import Field
 
-from . import lake
-from .ib_reader import IBSettings, IBSnapshot, read_snapshot
-from .io_managers import PositionUpdatesIOManager
-from .queue import PositionQueue
+from position_pipeline.core import lake
+from position_pipeline.core.ib_reader import IBSettings, IBSnapshot, read_snapshot
+from position_pipeline.core.queue import PositionQueue
+from position_pipeline.defs.io_managers import PositionUpdatesIOManager
 
 
 class IBResource(dg.ConfigurableResource):

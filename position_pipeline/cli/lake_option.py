@@ -18,7 +18,7 @@ def lake_argument(text: str) -> str:
 def resolve_lake(option: str | None) -> str:
     """The lake root: the --lake value, else $POSITION_LAKE_URI, else ./.lake; a local folder made absolute."""
     if option is None:
-        from . import lake
+        from position_pipeline.core import lake
 
         option = lake.lake_root()
     return lake_argument(option)

@@ -21,13 +21,13 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from .assets import position_queue, position_updates
-from .lake import POSITION_UPDATES_TABLE, QUEUE_TABLE, StorageOptions, open_existing, table_uri
-from .leases import CLAIM_LEASE_SECONDS
-from .metadata import markdown_table
-from .positions import age_text
-from .queue import QueueStatus, claimable_filter, utc_or_now
-from .resources import LakeResource
+from position_pipeline.cli.positions import age_text
+from position_pipeline.core.lake import POSITION_UPDATES_TABLE, QUEUE_TABLE, StorageOptions, open_existing, table_uri
+from position_pipeline.core.leases import CLAIM_LEASE_SECONDS
+from position_pipeline.core.queue import QueueStatus, claimable_filter, utc_or_now
+from position_pipeline.defs.assets import position_queue, position_updates
+from position_pipeline.defs.metadata import markdown_table
+from position_pipeline.defs.resources import LakeResource
 
 FAILED_SHARE_THRESHOLD = 0.2
 FAILED_SHARE_WINDOW = timedelta(hours=1)

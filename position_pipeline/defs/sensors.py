@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from .assets import SENSOR_BATCH_SIZE
-from .jobs import SYNC_JOB_NAME, position_sync_job
-from .leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS
-from .partitions import partition_key_for
-from .queue import PositionQueue
-from .resources import LakeResource
+from position_pipeline.core.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS
+from position_pipeline.core.queue import PositionQueue
+from position_pipeline.defs.assets import SENSOR_BATCH_SIZE
+from position_pipeline.defs.jobs import SYNC_JOB_NAME, position_sync_job
+from position_pipeline.defs.partitions import partition_key_for
+from position_pipeline.defs.resources import LakeResource
 
 INTERVAL_SECONDS = 5
 """The sensor daemon's loop: it evaluates a sensor at most once per 5-second loop (dagster/_daemon/sensor.py)."""

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from .lake_option import LAKE_ENV, lake_argument, resolve_lake
-from .positions import age_text
+from position_pipeline.cli.lake_option import LAKE_ENV, lake_argument, resolve_lake
+from position_pipeline.cli.positions import age_text
 
 if TYPE_CHECKING:
     pass
@@ -197,7 +197,7 @@ def collect_status(root: str, *, now: datetime | None = None, max_attempts: int 
     `now` (timezone-aware; default the current time) is the moment ages and claimability are computed for.
     `max_attempts` is the sync job's (SyncConfig.max_attempts): FAILED items with that many attempts are not claimable.
     """
-    from . import lake
+    from position_pipeline.core import lake
 
     at = _aware(now)
     queue_uri = lake.table_uri(root, lake.QUEUE_TABLE)
@@ -212,8 +212,8 @@ def collect_status(root: str, *, now: datetime | None = None, max_attempts: int 
 def _queue_status(uri: str, at: datetime, max_attempts: int) -> dict[str, Any]:
     import polars as pl
 
-    from . import lake
-    from .queue import PositionQueue
+    from position_pipeline.core import lake
+    from position_pipeline.core.queue import PositionQueue
 
     dt = lake.open_existing(uri)
     if dt is None:
@@ -291,7 +291,7 @@ def _updates_status(uri: str) -> tuple[TableStats, Batch | None]:
     """
     import polars as pl
 
-    from . import lake
+    from position_pipeline.core import lake
 
     dt = lake.open_existing(uri)
     if dt is None:

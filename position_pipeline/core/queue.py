@@ -37,7 +37,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from position_pipeline import lake
+from position_pipeline.core import lake
 
 logger = logging.getLogger(__name__)
 
