@@ -1,21 +1,12 @@
-"""Fixtures shared by every test tier: a simulated gateway on a free loopback port, and bounded asyncio runs."""
+"""Fixtures shared by every test tier: a simulated gateway on a free loopback port."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
-
-T = TypeVar("T")
-
-
-def run_bounded(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    """Run a coroutine in a fresh loop, never longer than `timeout` seconds (no test may hang)."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
-from collections.abc import Callable
 
 import pytest
 from ib_async import IB, LimitOrder, StartupFetch, Stock
 
 from position_pipeline.ib_gateway_sim import Contract, GatewayState, GatewayThread, SimulatedGateway
-from position_pipeline_tests.conftest import run_bounded
+from position_pipeline_tests.support.waiting import run_bounded
+from position_pipeline_tests.support.waiting import wait_until_async as wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,14 +26,6 @@ def collect_errors(ib: IB) -> list[tuple[int, int, str]]:
     errors: list[tuple[int, int, str]] = []
     ib.errorEvent += lambda req_id, code, text, contract: errors.append((req_id, code, text))
     return errors
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def state_of(sim: GatewayThread) -> GatewayState:

@@ -16,6 +16,7 @@ from ibapi.order import Order
 from ibapi.wrapper import EWrapper
 
 from position_pipeline.ib_gateway_sim import GatewayThread
+from position_pipeline_tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -136,13 +137,6 @@ class Recorder(EWrapper, EClient):
         self.event("connectionClosed").set()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def app(sim: GatewayThread) -> Iterator[Recorder]:
     """A connected ibapi client, greeted (nextValidId received); disconnected and its threads joined afterwards."""
@@ -161,7 +155,7 @@ def app(sim: GatewayThread) -> Iterator[Recorder]:
         reader.join(WAIT)
         assert not reader.is_alive(), "ibapi's reader thread did not finish"
     assert recorder.event("connectionClosed").is_set()
-    wait_until(lambda: CLIENT_ID not in sim.call(lambda gw: gw.connected_clients))
+    wait_until(lambda: CLIENT_ID not in sim.call(lambda gw: gw.connected_clients), WAIT)
 
 
 def state_call(sim: GatewayThread, fn: Callable[[Any], Any]) -> Any:
@@ -237,11 +231,11 @@ def test_position_changes_are_pushed_after_position_end(app: Recorder, sim: Gate
     streamed = len(app.positions)
     account, conid = state_call(sim, lambda s: next((h.account, h.contract.conid) for h in s.positions()))
     closed = sim.call(lambda gw: gw.close_position(account, conid))
-    wait_until(lambda: len(app.positions) > streamed)
+    wait_until(lambda: len(app.positions) > streamed, WAIT)
     pushed_account, contract, position, avg_cost = app.positions[streamed]
     assert (pushed_account, contract.conId, position, avg_cost) == (account, conid, 0.0, closed.average_cost)
     app.cancelPositions()
-    wait_until(lambda: any(r.name == "CANCEL_POSITIONS" for r in sim.requests()))
+    wait_until(lambda: any(r.name == "CANCEL_POSITIONS" for r in sim.requests()), WAIT)
     sim.call(lambda gw: gw.close_position(account, conid))
     app.reqCurrentTime()  # a reply sent after any push would have been: none may arrive before it
     app.wait("currentTime")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from ib_async import IB
 
-from position_pipeline_tests.conftest import run_bounded
+from position_pipeline_tests.support.waiting import run_bounded
 
 pytestmark = pytest.mark.timeout(60)
 COMMAND = [sys.executable, "-m", "position_pipeline", "simulate"]

@@ -1,8 +1,8 @@
 """The Dagster UI as operators use it, read in a real headless Chromium: the pictures in docs/ and the browser test.
 
-`python -m position_pipeline_tests.ui_browser --out docs` starts the simulated IB Gateway and `dagster dev` (this code
-location, its sensor on) on free loopback ports with a throwaway DAGSTER_HOME and lake, enqueues three waves of
-contracts (mostly held by the gateway, a few not) and waits for the sensor's sync run of each, then takes the gateway
+`python -m position_pipeline_tests.support.ui_browser --out docs` starts the simulated IB Gateway and `dagster dev`
+(this code location, its sensor on) on free loopback ports with a throwaway DAGSTER_HOME and lake, enqueues three waves
+of contracts (mostly held by the gateway, a few not) and waits for the sensor's sync run of each, then takes the gateway
 down for one failed run. Debian's Chromium, driven by Playwright (no browser download), then opens the asset graph,
 position_updates' page with its metadata plotted per materialization, the failed run and the sensor's ticks, and saves
 them as `ui-*.png`. The GraphQL API (what the UI itself reads) answers the rest: descriptions, owners, kinds and group
@@ -37,13 +37,13 @@ from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
+from position_pipeline_tests.support import REPO
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[1]
 LOCATION = "position_pipeline.definitions"
 SENSOR = "position_sync_sensor"
 SENSOR_PAGE = f"/locations/__repository__@{LOCATION}/sensors/{SENSOR}"

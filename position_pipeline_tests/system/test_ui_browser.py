@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from position_pipeline_tests.ui_browser import PLOTTED, SCREENSHOTS, Tour, chromium_executable, install_chromium, tour
+from position_pipeline_tests.support.ui_browser import (
+    PLOTTED,
+    SCREENSHOTS,
+    Tour,
+    chromium_executable,
+    install_chromium,
+    tour,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOUR_KEY = re.compile(r"\d{4}-\d\d-\d\d-\d\d:00")

@@ -21,7 +21,7 @@ from position_pipeline.defs.assets import ib_snapshot, position_updates, queued_
 from position_pipeline.defs.backfill import SYNC_ASSET_KEYS, launch_backfill, partition_range
 from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
-from position_pipeline_tests.test_pipeline_assets import ASSETS, resources
+from position_pipeline_tests.defs.test_pipeline_assets import ASSETS, resources
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
 

@@ -47,12 +47,12 @@ from position_pipeline.defs.upkeep import (
     table_upkeep_schedule,
     vacuum,
 )
+from position_pipeline_tests.support import REPO
 
 pytestmark = pytest.mark.timeout(60)
 
 NOW = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import yaml
 from dagster._core.test_utils import freeze_time
 
 from position_pipeline.defs.run_retention import purge_run_history, purge_runs
+from position_pipeline_tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEPLOY_FILE = REPO / "deploy" / "dagster.postgres.yaml"
 PG_USER = "dagster"
 PG_PASSWORD = "not-a-secret 'quoted' @:/"  # characters a connection URL must escape

@@ -17,7 +17,6 @@ from deltalake import DeltaTable
 
 from position_pipeline.core import lake
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(400)
 
 

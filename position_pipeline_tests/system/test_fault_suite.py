@@ -49,12 +49,12 @@ from position_pipeline.defs.partitions import hour_key
 from position_pipeline.defs.resources import IBResource, LakeResource
 from position_pipeline.defs.sensors import position_sync_sensor
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
-
-from .fault_worker import KILL_POINTS, sync_resources
+from position_pipeline_tests.support import REPO
+from position_pipeline_tests.support.fault_worker import KILL_POINTS, sync_resources
+from position_pipeline_tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[1]
 NOT_HELD_CONID = 99_000_000  # the generated gateways hold conids from 101000 and from 700000000, none here
 NOT_HELD_SYMBOL = "GONE"
 SUBPROCESS_TIMEOUT_S = 90
@@ -155,17 +155,9 @@ def written_ids(root: str) -> list[str]:
     return DeltaTable(uri).to_pyarrow_table(columns=["request_id"]).column("request_id").to_pylist()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
-
-
 def worker(command: str, *args: str) -> list[str]:
     """The argv of a fault_worker process."""
-    return [sys.executable, "-m", "position_pipeline_tests.fault_worker", command, *args]
+    return [sys.executable, "-m", "position_pipeline_tests.support.fault_worker", command, *args]
 
 
 def step_failure(result: dg.ExecuteInProcessResult) -> str:

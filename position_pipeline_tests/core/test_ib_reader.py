@@ -10,7 +10,6 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -31,7 +30,7 @@ from position_pipeline.core.ib_reader import (
 )
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 from position_pipeline.ib_gateway_sim.hub import RequestRecord
-from position_pipeline_tests.conftest import run_bounded
+from position_pipeline_tests.support.waiting import run_bounded, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -65,14 +64,6 @@ def held_only_by(state: GatewayState, account: str) -> set[int]:
     held = conids_by_account(state)
     others = set().union(*(conids for name, conids in held.items() if name != account))
     return held[account] - others
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
 
 
 def assert_no_client_left(sim: GatewayThread, timeout: float = 5.0) -> None:

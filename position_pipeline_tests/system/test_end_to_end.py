@@ -28,8 +28,8 @@ from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
+from position_pipeline_tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)
 
 
