@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from position_pipeline.core import lake
+    from position_pipeline.core import lake, terms
     from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not (home / "dagster.yaml").exists() and REPO_DAGSTER_YAML.exists():
         shutil.copy(REPO_DAGSTER_YAML, home / "dagster.yaml")
     root = lake.lake_root()
-    port = int(os.environ.get("IB_PORT", "4002"))
+    port = int(os.environ.get("IB_PORT", terms.IB_PORT))
     state = GatewayState.generate(positions=args.positions, accounts=args.accounts, seed=args.seed)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

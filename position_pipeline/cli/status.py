@@ -24,20 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 from position_pipeline.cli.lake_option import LAKE_ENV, lake_argument, resolve_lake
 from position_pipeline.cli.positions import age_text
+from position_pipeline.core.terms import MAX_ATTEMPTS, Priority, QueueStatus
 
 if TYPE_CHECKING:
     pass
 
 PROG = "position-pipeline status"
 
-STATUSES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED")
-"""QueueStatus values, in life order (not imported: queue pulls in polars, --help must stay fast)."""
-PRIORITIES = (1, 2)
+STATUSES = tuple(s.value for s in QueueStatus)
+"""QueueStatus values, in life order."""
+PRIORITIES = tuple(int(p) for p in Priority)
 """Priority values: 1 active, 2 monitoring; both always shown."""
 _PRIORITY_NAMES = {1: "active", 2: "monitoring"}
 
-MAX_ATTEMPTS = 3
-"""Item-level failures after which a FAILED item is no longer claimed (SyncConfig.max_attempts' default)."""
 RECENT_FAILURES = 5
 """How many of the most recently failed items a status lists."""
 

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 
 from ib_async import IB, PortfolioItem, Position, StartupFetch
 
+from position_pipeline.core import terms
+
 log = logging.getLogger(__name__)
 
 CLIENT_ID_IN_USE = 326
@@ -52,13 +54,13 @@ class IBConfigError(IBError):
 class IBSettings:
     """Where the gateway is and how long to wait; the resource fills it from its config."""
 
-    host: str = "127.0.0.1"
-    port: int = 4002
-    client_id: int = 100
-    client_id_span: int = 100
+    host: str = terms.IB_HOST
+    port: int = terms.IB_PORT
+    client_id: int = terms.IB_CLIENT_ID
+    client_id_span: int = terms.IB_CLIENT_ID_SPAN
     accounts: tuple[str, ...] = ()
-    connect_timeout: float = 10.0
-    request_timeout: float = 30.0
+    connect_timeout: float = terms.IB_CONNECT_TIMEOUT_S
+    request_timeout: float = terms.IB_REQUEST_TIMEOUT_S
     client_id_attempts: int = 5
 
     @property

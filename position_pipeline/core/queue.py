@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple, TypeVar
 
 import polars as pl
@@ -38,6 +37,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from position_pipeline.core import lake
+from position_pipeline.core.terms import MAX_ATTEMPTS, Priority, QueueStatus
 
 logger = logging.getLogger(__name__)
 
@@ -69,22 +69,6 @@ _DELTA_COMMIT_RETRIES = 15
 _RETRY_BACKOFF = timedelta(seconds=30)
 _RETRY_MAX_BACKOFF = timedelta(hours=1)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-class QueueStatus(StrEnum):
-    """Where an item is in its life; it is in exactly one of these."""
-
-    PENDING = "PENDING"
-    PROCESSING = "PROCESSING"
-    SUCCESS = "SUCCESS"
-    FAILED = "FAILED"
-
-
-class Priority(IntEnum):
-    """Why a position is queued: active strategies are refreshed before monitored ones."""
-
-    ACTIVE = 1
-    MONITORING = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +282,7 @@ class PositionQueue:
         priority: int | None = Priority.MONITORING,
         *,
         now: datetime | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = MAX_ATTEMPTS,
         queued_from: datetime | None = None,
         queued_before: datetime | None = None,
     ) -> int:
@@ -310,7 +294,7 @@ class PositionQueue:
         scan = self._claimable_scan(self._open(), priority, at, cap, queued_from, queued_before)
         return int(scan.select(pl.len()).collect().item())
 
-    def next_claimable_at(self, *, now: datetime | None = None, max_attempts: int = 3) -> datetime | None:
+    def next_claimable_at(self, *, now: datetime | None = None, max_attempts: int = MAX_ATTEMPTS) -> datetime | None:
         """The `created_at` of the item `claim(None, ...)` would take first (priority 1 first, then oldest), or None.
 
         The sensor runs the partition of this item, so no item waits on the hour it was queued in.
@@ -322,7 +306,11 @@ class PositionQueue:
         return first["created_at"][0] if first.height else None
 
     def oldest_claimable_at(
-        self, priority: int | None = Priority.MONITORING, *, now: datetime | None = None, max_attempts: int = 3
+        self,
+        priority: int | None = Priority.MONITORING,
+        *,
+        now: datetime | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> datetime | None:
         """The `created_at` of the oldest item `claim` could take now, or None when there is none; read only."""
         at, cap = utc_or_now(now), _check_max_attempts(max_attempts)
@@ -351,7 +339,7 @@ class PositionQueue:
         *,
         claimed_by: str,
         now: datetime | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = MAX_ATTEMPTS,
         queued_from: datetime | None = None,
         queued_before: datetime | None = None,
     ) -> pl.DataFrame:

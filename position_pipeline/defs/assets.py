@@ -23,6 +23,7 @@ from position_pipeline.core.ib_reader import IBError
 from position_pipeline.core.lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids, storage_options_for
 from position_pipeline.core.leases import MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
 from position_pipeline.core.sync import failures, position_update_rows, snapshot_results
+from position_pipeline.core.terms import MAX_ATTEMPTS
 from position_pipeline.defs.metadata import markdown_table
 from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import IBResource, LakeResource
@@ -54,7 +55,9 @@ class SyncConfig(dg.Config):
     priority: int | None = Field(
         default=None, description="Queue priority to claim: 1 active, 2 monitoring; None: any, priority 1 first."
     )
-    max_attempts: int = Field(default=3, ge=1, description="Item-level failures after which an item stays FAILED.")
+    max_attempts: int = Field(
+        default=MAX_ATTEMPTS, ge=1, description="Item-level failures after which an item stays FAILED."
+    )
 
 
 position_queue = dg.AssetSpec(

@@ -25,6 +25,7 @@ from position_pipeline.cli.positions import age_text
 from position_pipeline.core.lake import POSITION_UPDATES_TABLE, QUEUE_TABLE, StorageOptions, open_existing, table_uri
 from position_pipeline.core.leases import CLAIM_LEASE_SECONDS
 from position_pipeline.core.queue import QueueStatus, claimable_filter, utc_or_now
+from position_pipeline.core.terms import MAX_ATTEMPTS
 from position_pipeline.defs.assets import position_queue, position_updates
 from position_pipeline.defs.metadata import markdown_table
 from position_pipeline.defs.resources import LakeResource
@@ -32,8 +33,6 @@ from position_pipeline.defs.resources import LakeResource
 FAILED_SHARE_THRESHOLD = 0.2
 FAILED_SHARE_WINDOW = timedelta(hours=1)
 FRESHNESS_SECONDS = 120
-MAX_ATTEMPTS = 3
-"""Failures after which an item is no longer claimable: SyncConfig.max_attempts' and PositionQueue's default."""
 
 SAMPLE_SIZE = 10
 """How many duplicated request_ids, runs or error messages a check lists."""

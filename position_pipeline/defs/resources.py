@@ -15,7 +15,7 @@ from dagster_deltalake import LocalConfig, S3Config, WriteMode
 from dagster_deltalake.config import ClientConfig
 from pydantic import Field
 
-from position_pipeline.core import lake
+from position_pipeline.core import lake, terms
 from position_pipeline.core.ib_reader import IBSettings, IBSnapshot, read_snapshot
 from position_pipeline.core.queue import PositionQueue
 from position_pipeline.defs.io_managers import PositionUpdatesIOManager
@@ -24,25 +24,28 @@ from position_pipeline.defs.io_managers import PositionUpdatesIOManager
 class IBResource(dg.ConfigurableResource):
     """IB Gateway or TWS, read-only. Each run connects with its own client id and always disconnects."""
 
-    host: str = Field(default="127.0.0.1", description="Gateway host (IB_HOST).")
+    host: str = Field(default=terms.IB_HOST, description="Gateway host (IB_HOST).")
     port: int = Field(
-        default=4002, description="API port (IB_PORT): 4001/4002 Gateway live/paper, 7496/7497 TWS live/paper."
+        default=terms.IB_PORT, description="API port (IB_PORT): 4001/4002 Gateway live/paper, 7496/7497 TWS live/paper."
     )
     client_id: int = Field(
-        default=100,
+        default=terms.IB_CLIENT_ID,
         description="First client id of this code location's range (IB_CLIENT_ID, at least 1: TWS binds manual "
         "orders to id 0); each run picks one in the range from its run id and moves on if IB answers 326.",
     )
-    client_id_span: int = Field(default=100, description="How many client ids the range holds (IB_CLIENT_ID_SPAN).")
+    client_id_span: int = Field(
+        default=terms.IB_CLIENT_ID_SPAN, description="How many client ids the range holds (IB_CLIENT_ID_SPAN)."
+    )
     accounts: str = Field(
         default="", description="Comma-separated accounts to read (IB_ACCOUNTS); empty: every managed account."
     )
     connect_timeout: int = Field(
-        default=10,
+        default=terms.IB_CONNECT_TIMEOUT_S,
         description="Seconds for the handshake and the position read ib_async makes at connect (IB_CONNECT_TIMEOUT).",
     )
     request_timeout: int = Field(
-        default=30, description="Seconds for each account's portfolio download (IB_REQUEST_TIMEOUT)."
+        default=terms.IB_REQUEST_TIMEOUT_S,
+        description="Seconds for each account's portfolio download (IB_REQUEST_TIMEOUT).",
     )
 
     def settings(self) -> IBSettings:
@@ -91,13 +94,13 @@ def _env_or(name: str, default: Any, kind: type = str) -> Any:
 
 def ib_resource() -> IBResource:
     return IBResource(
-        host=_env_or("IB_HOST", "127.0.0.1"),
-        port=_env_or("IB_PORT", 4002, int),
-        client_id=_env_or("IB_CLIENT_ID", 100, int),
-        client_id_span=_env_or("IB_CLIENT_ID_SPAN", 100, int),
+        host=_env_or("IB_HOST", terms.IB_HOST),
+        port=_env_or("IB_PORT", terms.IB_PORT, int),
+        client_id=_env_or("IB_CLIENT_ID", terms.IB_CLIENT_ID, int),
+        client_id_span=_env_or("IB_CLIENT_ID_SPAN", terms.IB_CLIENT_ID_SPAN, int),
         accounts=_env_or("IB_ACCOUNTS", ""),
-        connect_timeout=_env_or("IB_CONNECT_TIMEOUT", 10, int),
-        request_timeout=_env_or("IB_REQUEST_TIMEOUT", 30, int),
+        connect_timeout=_env_or("IB_CONNECT_TIMEOUT", terms.IB_CONNECT_TIMEOUT_S, int),
+        request_timeout=_env_or("IB_REQUEST_TIMEOUT", terms.IB_REQUEST_TIMEOUT_S, int),
     )
 
 

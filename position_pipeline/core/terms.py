@@ -1,0 +1,37 @@
+"""The words and defaults every wing shares, each written once: queue statuses, priorities, retry and IB defaults.
+
+Imports nothing heavy (no polars, deltalake or Dagster), so the CLI's parser and `--help` may use it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class QueueStatus(StrEnum):
+    """Where an item is in its life; it is in exactly one of these."""
+
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
+class Priority(IntEnum):
+    """Why a position is queued: active strategies are refreshed before monitored ones."""
+
+    ACTIVE = 1
+    MONITORING = 2
+
+
+MAX_ATTEMPTS = 3
+"""Item-level failures after which a FAILED item is no longer claimed: the sync runs', checks' and status' default."""
+
+IB_HOST = "127.0.0.1"
+IB_PORT = 4002
+"""IB Gateway's paper-trading API port (4001 live; TWS: 7496 live, 7497 paper)."""
+IB_CLIENT_ID = 100
+"""First client id of this code location's range (TWS binds manual orders to id 0, so never 0)."""
+IB_CLIENT_ID_SPAN = 100
+IB_CONNECT_TIMEOUT_S = 10
+IB_REQUEST_TIMEOUT_S = 30
