@@ -402,8 +402,8 @@ def _requeue(args: argparse.Namespace) -> int:
 def _requeue_failed(args: argparse.Namespace) -> int:
     from deltalake import DeltaTable
 
-    from position_pipeline.cli.status import iso, iso_seconds
     from position_pipeline.core import lake
+    from position_pipeline.core.time_text import iso, iso_seconds
 
     uri = _queue_uri(args)
     since: datetime | None = args.since
