@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from position_pipeline.cli.parser import Subcommands
     from position_pipeline.ib_gateway_sim import GatewayState
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,23 @@ REPO_DAGSTER_YAML = PACKAGE_DIR.parent / "dagster.yaml"
 UNKNOWN_CONID = 99_000_000
 
 
+def register(commands: Subcommands) -> None:
+    """`demo` on the top-level parser's subcommands."""
+    parser = commands.add_parser(
+        "demo",
+        help="run the whole pipeline on the simulated gateway: gateway, dagster dev with the sensor, a producer",
+        description=(
+            "Start the simulated IB Gateway (IB_PORT, default 4002), `dagster dev` with this code location and its "
+            "sensor on (DAGSTER_HOME, default ./.dagster_home; lake POSITION_LAKE_URI, default ./.lake) and a "
+            "producer; print the UI address. Ctrl-C stops everything it started."
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `demo`: the UI port, the simulated gateway's holdings and the producer's pace."""
     parser.add_argument("--ui-port", type=int, default=3000, help="Dagster UI port on 127.0.0.1 (default: %(default)s)")
     parser.add_argument("--positions", type=int, default=200, help="positions the gateway holds (default: %(default)s)")
     parser.add_argument("--accounts", type=int, default=3, help="paper accounts (default: %(default)s)")

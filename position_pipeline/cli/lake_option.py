@@ -1,11 +1,30 @@
-"""The `--lake` option the commands share. No polars here, so `position-pipeline --help` stays fast."""
+"""The `--lake` option the commands share, and the queue table under it. No polars here (the lake module and the
+queue are imported when a command runs), so `position-pipeline --help` stays fast."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from position_pipeline.core.queue import PositionQueue
 
 LAKE_ENV = "POSITION_LAKE_URI"  # = lake.LAKE_URI_VARIABLE (tested); not imported: lake pulls in polars
+
+
+def add_lake_argument(parser: argparse.ArgumentParser, tables: str = "") -> None:
+    """--lake URI on `parser`; `tables` (e.g. "; the queue is its positions/position_queue table") says what of the
+    lake the command reads, in its help."""
+    parser.add_argument(
+        "--lake",
+        metavar="URI",
+        type=lake_argument,
+        help=(
+            f"lake root: a folder or an object-store URI such as s3://bucket/lake{tables} "
+            f"(default: ${LAKE_ENV}, else .lake in the current directory)"
+        ),
+    )
 
 
 def lake_argument(text: str) -> str:
@@ -22,3 +41,27 @@ def resolve_lake(option: str | None) -> str:
 
         option = lake.lake_root()
     return lake_argument(option)
+
+
+def queue_uri(option: str | None) -> str:
+    """The position queue table of the lake `option` names (see `resolve_lake`)."""
+    from position_pipeline.core import lake
+
+    return lake.table_uri(resolve_lake(option), lake.QUEUE_TABLE)
+
+
+def open_queue(option: str | None) -> PositionQueue:
+    """The position queue of the lake `option` names; nothing touches storage until its first call, which creates
+    the table if it is absent (check `table_exists` first where a command must not create it)."""
+    from position_pipeline.core.queue import PositionQueue
+
+    return PositionQueue(queue_uri(option))
+
+
+def table_exists(uri: str) -> bool:
+    """Whether a Delta table is at `uri` (with the lake's storage options), without creating one."""
+    from deltalake import DeltaTable
+
+    from position_pipeline.core import lake
+
+    return DeltaTable.is_deltatable(uri, storage_options=lake.storage_options_for(uri))

@@ -1,350 +1,70 @@
 """`position-pipeline status`: what the queue holds and what the pipeline last wrote, for an operator. Reads only.
 
-`collect_status` reads both tables of a lake (neither is created when absent: an absent table counts as empty) and
-returns a `Status`; `add_arguments` and `run` make it a subcommand (`--lake URI`, `--json`).
-
-Consistency: the queue figures this module computes itself (depth, oldest PENDING, failures) come from one Delta
-version of the queue, the one reported. Claimability and the claims per run come from the queue's own methods, so
-eligibility is the same as `PositionQueue.claim`'s; each of those reads the newest version. If the queue changed
-while it was read, `Status.queue_changed` says so and the figures may disagree by what changed.
-
-Only this module's standard-library imports run at import time: polars, deltalake and the queue are imported when a
-status is collected, so `position-pipeline --help` stays fast.
+`core.status.collect_status` reads the lake; this module registers the command (`--lake URI`, `--json`) and writes
+its report. Importing it runs standard-library imports only, so `position-pipeline --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
-from position_pipeline.cli.lake_option import LAKE_ENV, lake_argument, resolve_lake
-from position_pipeline.cli.positions import age_text
-from position_pipeline.core.terms import MAX_ATTEMPTS, Priority, QueueStatus
+from position_pipeline.cli.errors import guarded
+from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake
+from position_pipeline.cli.output import age, count, grid, indent, one_line, thousands
+from position_pipeline.core.status import (  # collect_status and its types: imported from here by callers
+    RECENT_FAILURES,
+    Batch,
+    FailedItem,
+    Status,
+    TableStats,
+    collect_status,
+)
+from position_pipeline.core.terms import Priority
+from position_pipeline.core.time_text import iso_seconds
 
 if TYPE_CHECKING:
-    pass
+    from position_pipeline.cli.parser import Subcommands
 
-PROG = "position-pipeline status"
+__all__ = ["Batch", "FailedItem", "Status", "TableStats", "add_arguments", "collect_status", "format_text", "run"]
 
-STATUSES = tuple(s.value for s in QueueStatus)
-"""QueueStatus values, in life order."""
-PRIORITIES = tuple(int(p) for p in Priority)
-"""Priority values: 1 active, 2 monitoring; both always shown."""
-_PRIORITY_NAMES = {1: "active", 2: "monitoring"}
-
-RECENT_FAILURES = 5
-"""How many of the most recently failed items a status lists."""
-
-_MESSAGE_WIDTH = 80  # text output only; JSON carries the whole message
-
-_LAKE_HELP = (
-    "lake root: a folder or an object-store URI such as s3://bucket/lake "
-    f"(default: ${LAKE_ENV}, else .lake in the current directory)"
-)
+_PRIORITY_NAMES = {int(p): p.name.lower() for p in Priority}
 
 
-@dataclass(frozen=True, slots=True)
-class TableStats:
-    """One Delta table as found: absent tables have no version, no files and no rows."""
-
-    uri: str
-    exists: bool
-    version: int | None
-    files: int
-    rows: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "table": self.uri,
-            "exists": self.exists,
-            "version": self.version,
-            "files": self.files,
-            "rows": self.rows,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class FailedItem:
-    """A FAILED queue item: when it last failed (its updated_at), how often, and why."""
-
-    request_id: str
-    conid: int
-    symbol: str
-    priority: int
-    attempts: int
-    failed_at: datetime
-    retry_after: datetime | None
-    error_message: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "conid": self.conid,
-            "symbol": self.symbol,
-            "priority": self.priority,
-            "attempts": self.attempts,
-            "failed_at": iso(self.failed_at),
-            "retry_after": iso(self.retry_after),
-            "error_message": self.error_message,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """The newest run in position_updates: its snapshot time and how many rows it appended."""
-
-    run_id: str
-    snapshot_at: datetime
-    rows: int
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """The lake's state at `now`. `depth` maps every status to every priority (1, 2 and any other found) to a count."""
-
-    root: str
-    now: datetime
-    queue: TableStats
-    position_updates: TableStats
-    queue_changed: bool
-    depth: dict[str, dict[int, int]]
-    claimable: int
-    oldest_pending_at: datetime | None
-    oldest_claimable_at: datetime | None
-    max_attempts: int
-    failed_by_attempts: dict[int, int]
-    recent_failures: list[FailedItem]
-    processing_by_run: dict[str, int]
-    last_batch: Batch | None
-
-    @property
-    def priorities(self) -> list[int]:
-        return sorted({p for row in self.depth.values() for p in row})
-
-    @property
-    def by_status(self) -> dict[str, int]:
-        return {status: sum(row.values()) for status, row in self.depth.items()}
-
-    @property
-    def by_priority(self) -> dict[int, int]:
-        return {p: sum(row.get(p, 0) for row in self.depth.values()) for p in self.priorities}
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_status.values())
-
-    @property
-    def oldest_pending_age_s(self) -> float | None:
-        return self.age_s(self.oldest_pending_at)
-
-    @property
-    def oldest_claimable_age_s(self) -> float | None:
-        return self.age_s(self.oldest_claimable_at)
-
-    def age_s(self, at: datetime | None) -> float | None:
-        """Seconds from `at` to `now` (negative when `at` is later: a writer's clock ahead of ours)."""
-        return None if at is None else (self.now - at).total_seconds()
-
-    def to_json(self) -> dict[str, Any]:
-        """One JSON-ready dict: timestamps as UTC ISO-8601 strings, integer keys (priorities, attempts) as strings."""
-        depth: dict[str, dict[str, int]] = {
-            status: {**{str(p): row.get(p, 0) for p in self.priorities}, "total": sum(row.values())}
-            for status, row in self.depth.items()
-        }
-        depth["total"] = {**{str(p): n for p, n in self.by_priority.items()}, "total": self.total}
-        batch = self.last_batch
-        return {
-            "lake": self.root,
-            "now": iso(self.now),
-            "queue": {
-                **self.queue.to_json(),
-                "changed_while_reading": self.queue_changed,
-                "total": self.total,
-                "by_status": self.by_status,
-                "by_priority": {str(p): n for p, n in self.by_priority.items()},
-                "depth": depth,
-                "claimable": self.claimable,
-                "oldest_pending": _moment(self.oldest_pending_at, self.oldest_pending_age_s),
-                "oldest_claimable": _moment(self.oldest_claimable_at, self.oldest_claimable_age_s),
-                "max_attempts": self.max_attempts,
-                "failed_by_attempts": {str(a): n for a, n in self.failed_by_attempts.items()},
-                "recent_failures": [f.to_json() for f in self.recent_failures],
-                "processing_by_run": dict(self.processing_by_run),
-            },
-            "position_updates": {
-                **self.position_updates.to_json(),
-                "last_batch": None
-                if batch is None
-                else {
-                    "run_id": batch.run_id,
-                    "snapshot_at": iso(batch.snapshot_at),
-                    "age_seconds": self.age_s(batch.snapshot_at),
-                    "rows": batch.rows,
-                },
-            },
-        }
-
-
-def collect_status(root: str, *, now: datetime | None = None, max_attempts: int = MAX_ATTEMPTS) -> Status:
-    """Read the queue and position_updates under lake `root` (a folder or an object-store URI); writes nothing.
-
-    `now` (timezone-aware; default the current time) is the moment ages and claimability are computed for.
-    `max_attempts` is the sync job's (SyncConfig.max_attempts): FAILED items with that many attempts are not claimable.
-    """
-    from position_pipeline.core import lake
-
-    at = _aware(now)
-    queue_uri = lake.table_uri(root, lake.QUEUE_TABLE)
-    updates_uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
-    queue_part = _queue_status(queue_uri, at, max_attempts)
-    updates, batch = _updates_status(updates_uri)
-    return Status(
-        root=root, now=at, position_updates=updates, last_batch=batch, max_attempts=max_attempts, **queue_part
+def register(commands: Subcommands) -> None:
+    """`status` on the top-level parser's subcommands."""
+    parser = commands.add_parser(
+        "status",
+        help="queue depth, oldest pending item, failures, claims per run, last batch, table versions",
+        description="What an operator checks first: the queue by status and priority, the age of the oldest "
+        "pending and claimable items, failed items by attempts, claims per run, the last batch written, and the "
+        "versions and file counts of both tables. --json for machines.",
     )
-
-
-def _queue_status(uri: str, at: datetime, max_attempts: int) -> dict[str, Any]:
-    import polars as pl
-
-    from position_pipeline.core import lake
-    from position_pipeline.core.queue import PositionQueue
-
-    dt = lake.open_existing(uri)
-    if dt is None:
-        return {
-            "queue": TableStats(uri, False, None, 0, 0),
-            "queue_changed": False,
-            "depth": {status: dict.fromkeys(PRIORITIES, 0) for status in STATUSES},
-            "claimable": 0,
-            "oldest_pending_at": None,
-            "oldest_claimable_at": None,
-            "failed_by_attempts": {},
-            "recent_failures": [],
-            "processing_by_run": {},
-        }
-    version = dt.version()
-    # The queue's own reads first: its first read checks the table's columns and refuses a table that is no queue.
-    queue = PositionQueue(uri)
-    claimable = queue.claimable_count(None, now=at, max_attempts=max_attempts)
-    oldest_claimable = queue.oldest_claimable_at(None, now=at, max_attempts=max_attempts)
-    processing_by_run = dict(sorted(queue.claims_by_run().items()))
-
-    scan = pl.scan_delta(dt)  # the version loaded above
-    failed = scan.filter(pl.col("status") == "FAILED")
-    depth_frame, attempts_frame, recent_frame = pl.collect_all(
-        [
-            scan.group_by("status", "priority").agg(items=pl.len(), oldest=pl.col("created_at").min()),
-            failed.group_by("attempts").agg(items=pl.len()).sort("attempts"),
-            failed.sort(["updated_at", "created_at", "request_id"], descending=True)
-            .head(RECENT_FAILURES)
-            .select(
-                "request_id", "conid", "symbol", "priority", "attempts", "updated_at", "retry_after", "error_message"
-            ),
-        ]
-    )
-    # Every status and priority gets a cell; a value outside the queue's (never written by it) gets its own.
-    found = depth_frame.select("status", "priority")
-    statuses = [*STATUSES, *sorted(set(found["status"].to_list()) - set(STATUSES))]
-    priorities = sorted(set(PRIORITIES) | set(found["priority"].to_list()))
-    depth = {status: dict.fromkeys(priorities, 0) for status in statuses}
-    oldest_pending: datetime | None = None
-    for status, priority, items, oldest in depth_frame.iter_rows():
-        depth[status][priority] = int(items)
-        if status == "PENDING" and (oldest_pending is None or oldest < oldest_pending):
-            oldest_pending = oldest
-    return {
-        "queue": TableStats(uri, True, version, len(dt.file_uris()), int(depth_frame["items"].sum())),
-        "queue_changed": queue.version() != version,
-        "depth": depth,
-        "claimable": claimable,
-        "oldest_pending_at": oldest_pending,
-        "oldest_claimable_at": oldest_claimable,
-        "failed_by_attempts": {int(a): int(n) for a, n in attempts_frame.iter_rows()},
-        "recent_failures": [
-            FailedItem(
-                request_id=r["request_id"],
-                conid=r["conid"],
-                symbol=r["symbol"],
-                priority=r["priority"],
-                attempts=r["attempts"],
-                failed_at=r["updated_at"],
-                retry_after=r["retry_after"],
-                error_message=r["error_message"],
-            )
-            for r in recent_frame.iter_rows(named=True)
-        ],
-        "processing_by_run": processing_by_run,
-    }
-
-
-def _updates_status(uri: str) -> tuple[TableStats, Batch | None]:
-    """position_updates' version, files, rows, and its newest run (greatest snapshot_at, then run_id).
-
-    A run's rows share one snapshot_at and so one snapshot_date partition: only the newest partition is read, and of
-    it only run_id and snapshot_at. The row count reads no column (Parquet footers only).
-    """
-    import polars as pl
-
-    from position_pipeline.core import lake
-
-    dt = lake.open_existing(uri)
-    if dt is None:
-        return TableStats(uri, False, None, 0, 0), None
-    days = [p.get(lake.POSITION_UPDATES_PARTITION) or "" for p in dt.partitions()]
-    newest = max((d for d in days if d), default=None)
-    scan = pl.scan_delta(dt)
-    queries = [scan.select(pl.len())]
-    if newest is not None:
-        queries.append(
-            scan.filter(pl.col(lake.POSITION_UPDATES_PARTITION) == date.fromisoformat(newest))
-            .group_by("run_id")
-            .agg(snapshot_at=pl.col("snapshot_at").max(), rows=pl.len())
-            .sort(["snapshot_at", "run_id"], descending=True)
-            .head(1)
-        )
-    frames = pl.collect_all(queries)
-    batch = None
-    if len(frames) > 1 and frames[1].height:
-        run_id, snapshot_at, rows = frames[1].row(0)
-        batch = Batch(str(run_id), snapshot_at, int(rows))
-    return TableStats(uri, True, dt.version(), len(dt.file_uris()), int(frames[0].item())), batch
-
-
-# The command
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The status command's options: --lake URI and --json (register with `set_defaults(handler=run)`)."""
-    parser.add_argument("--lake", metavar="URI", type=lake_argument, default=None, help=_LAKE_HELP)
+    add_lake_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the status as one JSON object on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the status of the lake `args.lake` (None: $POSITION_LAKE_URI, else ./.lake); 0, or 1 with a message."""
-    from deltalake.exceptions import DeltaError
     from polars.exceptions import PolarsError
 
-    try:
+    def report() -> int:
         status = collect_status(resolve_lake(getattr(args, "lake", None)))
-    except (DeltaError, PolarsError, OSError, ValueError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    if getattr(args, "json", False):
-        print(json.dumps(status.to_json()))
-    else:
-        print("\n".join(format_text(status)))
-    return 0
+        if getattr(args, "json", False):
+            print(json.dumps(status.to_json()))
+        else:
+            print("\n".join(format_text(status)))
+        return 0
 
-
-# Text output
+    return guarded("status", report, also=(PolarsError,))
 
 
 def format_text(status: Status) -> list[str]:
@@ -354,15 +74,18 @@ def format_text(status: Status) -> list[str]:
     lines.append(_table_title("position_queue", s.queue, "item"))
     priorities = s.priorities
     header = ["status", *(f"{p} {_PRIORITY_NAMES.get(p, '')}".rstrip() for p in priorities), "total"]
-    body = [[name, *(_n(row.get(p, 0)) for p in priorities), _n(sum(row.values()))] for name, row in s.depth.items()]
-    body.append(["total", *(_n(n) for n in s.by_priority.values()), _n(s.total)])
-    lines += _indent(_grid(header, body))
+    body = [
+        [name, *(thousands(row.get(p, 0)) for p in priorities), thousands(sum(row.values()))]
+        for name, row in s.depth.items()
+    ]
+    body.append(["total", *(thousands(n) for n in s.by_priority.values()), thousands(s.total)])
+    lines += indent(grid(header, body))
     lines.append("")
-    lines += _indent(
-        _grid(
+    lines += indent(
+        grid(
             None,
             [
-                ["claimable now", _n(s.claimable), ""],
+                ["claimable now", thousands(s.claimable), ""],
                 ["oldest PENDING", *_when(s, s.oldest_pending_at)],
                 ["oldest claimable", *_when(s, s.oldest_claimable_at)],
             ],
@@ -372,20 +95,20 @@ def format_text(status: Status) -> list[str]:
     lines.append("")
     if s.failed_by_attempts:
         lines.append(f"  FAILED by attempts (retried while under {s.max_attempts})")
-        rows = [[str(a), _n(n)] for a, n in s.failed_by_attempts.items()]
-        lines += _indent(_grid(["attempts", "items"], rows, align=">>"), 4)
+        rows = [[str(a), thousands(n)] for a, n in s.failed_by_attempts.items()]
+        lines += indent(grid(["attempts", "items"], rows, align=">>"), 4)
         lines.append(f"  latest failures (newest first, at most {RECENT_FAILURES})")
         rows = [
-            [iso_seconds(f.failed_at), str(f.attempts), str(f.conid), f.symbol, _one_line(f.error_message)]
+            [iso_seconds(f.failed_at), str(f.attempts), str(f.conid), f.symbol, one_line(f.error_message)]
             for f in s.recent_failures
         ]
-        lines += _indent(_grid(["failed at", "attempts", "conid", "symbol", "error"], rows, align="<>><<"), 4)
+        lines += indent(grid(["failed at", "attempts", "conid", "symbol", "error"], rows, align="<>><<"), 4)
     else:
         lines.append("  FAILED: none")
     if s.processing_by_run:
         lines.append("  PROCESSING by run")
-        rows = [[run_id, _n(n)] for run_id, n in s.processing_by_run.items()]
-        lines += _indent(_grid(["run", "items"], rows, align="<>"), 4)
+        rows = [[run_id, thousands(n)] for run_id, n in s.processing_by_run.items()]
+        lines += indent(grid(["run", "items"], rows, align="<>"), 4)
     else:
         lines.append("  PROCESSING: none")
     if s.queue_changed:
@@ -397,8 +120,8 @@ def format_text(status: Status) -> list[str]:
         lines.append("  last batch: none yet")
     else:
         lines.append(
-            f"  last batch: run {batch.run_id}, {_count(batch.rows, 'row')}, snapshot {iso_seconds(batch.snapshot_at)}"
-            f" ({_age(s.age_s(batch.snapshot_at))} ago)"
+            f"  last batch: run {batch.run_id}, {count(batch.rows, 'row')}, snapshot {iso_seconds(batch.snapshot_at)}"
+            f" ({age(s.age_s(batch.snapshot_at))} ago)"
         )
     return lines
 
@@ -406,79 +129,10 @@ def format_text(status: Status) -> list[str]:
 def _table_title(name: str, table: TableStats, what: str) -> str:
     if not table.exists:
         return f"{name} {table.uri}: no table yet"
-    return f"{name} {table.uri}: version {table.version}, {_count(table.files, 'file')}, {_count(table.rows, what)}"
+    return f"{name} {table.uri}: version {table.version}, {count(table.files, 'file')}, {count(table.rows, what)}"
 
 
 def _when(status: Status, at: datetime | None) -> list[str]:
     if at is None:
         return ["none", ""]
-    return [iso_seconds(at), f"{_age(status.age_s(at))} ago"]
-
-
-def _grid(header: Sequence[str] | None, rows: Sequence[Sequence[str]], align: str | None = None) -> list[str]:
-    """Aligned columns two spaces apart; `align` is one of < or > per column (default: first left, rest right)."""
-    table = [list(header), *rows] if header is not None else [list(r) for r in rows]
-    if not table:
-        return []
-    columns = len(table[0])
-    align = align or "<" + ">" * (columns - 1)
-    widths = [max(len(r[i]) for r in table) for i in range(columns)]
-    lines = []
-    for r in table:
-        cells = [f"{cell:{align[i]}{widths[i]}}" for i, cell in enumerate(r)]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def _indent(lines: list[str], spaces: int = 2) -> list[str]:
-    return [" " * spaces + line for line in lines]
-
-
-def _n(value: int) -> str:
-    return f"{value:,}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
-def _one_line(message: str | None) -> str:
-    text = " ".join((message or "").split())
-    return text if len(text) <= _MESSAGE_WIDTH else text[: _MESSAGE_WIDTH - 3] + "..."
-
-
-def _age(seconds: float | None) -> str:
-    """A compact duration (see `positions.age_text`); negative (a clock ahead of ours) is said so."""
-    if seconds is None:
-        return "-"
-    if seconds < 0:
-        return f"-{age_text(-seconds)} (clock skew)"
-    return age_text(seconds)
-
-
-# Time
-
-
-def iso(value: datetime | None) -> str | None:
-    """A timestamp as UTC ISO-8601 with a Z (microseconds when it has them); None stays None."""
-    if value is None:
-        return None
-    return _aware(value).isoformat().replace("+00:00", "Z")
-
-
-def iso_seconds(value: datetime) -> str:
-    """A timestamp as UTC ISO-8601 to the second, for text output."""
-    return _aware(value).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _moment(at: datetime | None, age_s: float | None) -> dict[str, Any] | None:
-    return None if at is None else {"at": iso(at), "age_seconds": age_s}
-
-
-def _aware(value: datetime | None) -> datetime:
-    """`value` in UTC (the current time for None); a naive datetime is refused rather than guessed."""
-    if value is None:
-        return datetime.now(UTC)
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
-    return value.astimezone(UTC)
+    return [iso_seconds(at), f"{age(status.age_s(at))} ago"]

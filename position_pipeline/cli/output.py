@@ -1,0 +1,103 @@
+"""How every `position-pipeline` command writes: JSON on stdout, counted nouns, aligned grids, one-line messages,
+ages, progress lines and refused input on stderr. Written once here so that the commands print alike.
+
+Standard library only (the queue's error type is imported for type checking alone), so the parser stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from position_pipeline.core.time_text import age_text
+
+if TYPE_CHECKING:
+    from position_pipeline.core.queue import QueueInputError
+
+PROG = "position-pipeline"
+
+ITEM_OPTIONS = ("conid", "symbol", "priority", "account")
+"""The queue item fields that `enqueue` also takes as options (--conid, ...): a problem with one names the option."""
+
+PROBLEMS_SHOWN = 20
+"""How many refused fields a command lists before saying how many more there are."""
+
+MESSAGE_WIDTH = 80
+"""Longest error message in text output (JSON carries the whole message)."""
+
+
+def print_json(value: dict[str, Any]) -> None:
+    """`value` as one JSON object on one line of stdout."""
+    print(json.dumps(value, indent=None, sort_keys=False))
+
+
+def thousands(value: int) -> str:
+    """An integer with thousands separators: 12,345."""
+    return f"{value:,}"
+
+
+def count(n: int, noun: str) -> str:
+    """`n` with its noun, plural unless one: 1 item, 2 items, 1,000 FAILED items."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def grid(header: Sequence[str] | None, rows: Sequence[Sequence[str]], align: str | None = None) -> list[str]:
+    """Aligned columns two spaces apart; `align` is one of < or > per column (default: first left, rest right)."""
+    table = [list(header), *rows] if header is not None else [list(r) for r in rows]
+    if not table:
+        return []
+    columns = len(table[0])
+    align = align or "<" + ">" * (columns - 1)
+    widths = [max(len(r[i]) for r in table) for i in range(columns)]
+    lines = []
+    for r in table:
+        cells = [f"{cell:{align[i]}{widths[i]}}" for i, cell in enumerate(r)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def indent(lines: list[str], spaces: int = 2) -> list[str]:
+    return [" " * spaces + line for line in lines]
+
+
+def one_line(message: str | None) -> str:
+    """A message on one line (runs of whitespace, newlines included, become one space), cut at MESSAGE_WIDTH."""
+    text = " ".join((message or "").split())
+    return text if len(text) <= MESSAGE_WIDTH else text[: MESSAGE_WIDTH - 3] + "..."
+
+
+def age(seconds: float | None) -> str:
+    """A compact duration (see `time_text.age_text`); negative (a clock ahead of ours) is said so; None is -."""
+    if seconds is None:
+        return "-"
+    if seconds < 0:
+        return f"-{age_text(-seconds)} (clock skew)"
+    return age_text(seconds)
+
+
+def step_printer(command: str, *, quiet: bool) -> Callable[[str], None]:
+    """Progress lines of a long command on stderr, with the seconds since it started; none when `quiet` (--json)."""
+    started = time.monotonic()
+
+    def step(message: str) -> None:
+        if not quiet:
+            print(f"{PROG} {command}: {time.monotonic() - started:6.1f} s  {message}", file=sys.stderr, flush=True)
+
+    return step
+
+
+def print_problems(command: str, exc: QueueInputError, source: str | None) -> None:
+    """Every refused field on its own line; an option's problem names the option, a file's its row and line."""
+    where = f" in {source}" if source else ""
+    lines = [f"{PROG} {command}: invalid input{where}, nothing written:"]
+    for problem in exc.problems[:PROBLEMS_SHOWN]:
+        if source is None and problem.field in ITEM_OPTIONS:
+            lines.append(f"  --{problem.field}: {problem.problem}")
+        else:
+            lines.append(f"  {problem}")
+    if len(exc.problems) > PROBLEMS_SHOWN:
+        lines.append(f"  ... and {len(exc.problems) - PROBLEMS_SHOWN} more")
+    print("\n".join(lines), file=sys.stderr)
