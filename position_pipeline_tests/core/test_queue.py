@@ -20,7 +20,6 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from position_pipeline.core import lake
-from position_pipeline.core import queue as queue_module
 from position_pipeline.core.queue import (
     PositionQueue,
     QueuedPosition,
@@ -28,6 +27,7 @@ from position_pipeline.core.queue import (
     QueueStatus,
     retry_delay,
 )
+from position_pipeline.core.queue import inputs as queue_inputs
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -206,7 +206,7 @@ def test_enqueue_csv(queue: PositionQueue, tmp_path: Path) -> None:
 
 
 def test_enqueue_csv_reports_progress(queue: PositionQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(queue_inputs, "PROGRESS_EVERY", 2)
     path = tmp_path / "positions.csv"
     path.write_text("conid,symbol\n1,A\n2,B\n\n3,C\nx,D\n5,E\n")
     heard: list[str] = []
