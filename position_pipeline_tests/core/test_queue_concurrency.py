@@ -105,9 +105,8 @@ def _join(processes: list[Any]) -> None:
         assert p.exitcode == 0
 
 
-@pytest.mark.timeout(90)
-def test_concurrent_claimers_never_share_an_item(queue: PositionQueue, uri: str) -> None:
-    ids = queue.insert_many([(i, f"S{i}") for i in range(1, 401)])
+def _claim_in_four_processes(uri: str) -> dict[str, list[str]]:
+    """Four claimer processes, started together, claim batches of 10 until nothing is left; what each got."""
     start = SPAWN.Event()
     results = SPAWN.Queue()
     processes = [
@@ -119,6 +118,13 @@ def test_concurrent_claimers_never_share_an_item(queue: PositionQueue, uri: str)
     start.set()
     reports = _collect(results, len(processes), timeout=60)
     _join(processes)
+    return reports
+
+
+@pytest.mark.timeout(90)
+def test_concurrent_claimers_never_share_an_item(queue: PositionQueue, uri: str) -> None:
+    ids = queue.insert_many([(i, f"S{i}") for i in range(1, 401)])
+    reports = _claim_in_four_processes(uri)
 
     claimed = [i for got in reports.values() for i in got]
     duplicates = [i for i, n in Counter(claimed).items() if n > 1]
@@ -178,17 +184,7 @@ def _fail_every_other(uri: str, n: int) -> tuple[list[str], list[str]]:
 def test_concurrent_claimers_never_share_pending_or_retryable_items(queue: PositionQueue, uri: str) -> None:
     failed, pending = _fail_every_other(uri, 240)
     assert queue.claimable_count() == 240
-    start = SPAWN.Event()
-    results = SPAWN.Queue()
-    processes = [
-        SPAWN.Process(target=_claim_until_empty, args=(uri, f"run-{n}", 10, start, results), name=f"claimer-{n}")
-        for n in range(4)
-    ]
-    for p in processes:
-        p.start()
-    start.set()
-    reports = _collect(results, len(processes), timeout=60)
-    _join(processes)
+    reports = _claim_in_four_processes(uri)
 
     claimed = [i for got in reports.values() for i in got]
     assert [i for i, n in Counter(claimed).items() if n > 1] == []

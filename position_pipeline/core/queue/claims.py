@@ -144,8 +144,7 @@ class QueueClaims(QueueTable):
         With `claimed_by`, only items still PROCESSING under that run change; others are left alone and logged.
         Without it (the original producers' call) the items change whatever their status.
         """
-        ids = check_request_ids(request_ids)
-        source = pl.DataFrame({"request_id": ids}, schema={"request_id": pl.String})
+        source = _request_ids(check_request_ids(request_ids))
         return self._mark(
             "mark_success",
             source,
@@ -224,8 +223,7 @@ class QueueClaims(QueueTable):
         For a run giving back what it could not process, or an operator recovering a dead run's claim or retrying
         failures. SUCCESS items are never reopened. `claimed_by` restricts it to one run's items.
         """
-        ids = check_request_ids(request_ids)
-        source = pl.DataFrame({"request_id": ids}, schema={"request_id": pl.String})
+        source = _request_ids(check_request_ids(request_ids))
         return self._mark(
             "release",
             source,
@@ -255,7 +253,7 @@ class QueueClaims(QueueTable):
 
         return self._merge_update(
             "requeue_failed",
-            pl.DataFrame(schema={"request_id": pl.String}),
+            _request_ids([]),
             rules.merge_predicate(rules.failed_since(start), "request_id"),
             {**_RELEASED, "attempts": "0"},
             None,
@@ -357,3 +355,8 @@ class QueueClaims(QueueTable):
         source = source.with_columns(claimed_by=pl.lit(run, dtype=pl.String))
         predicate = rules.merge_predicate(guard, *joined_on)
         return self._merge_update(operation, source, predicate, updates, run, utc_or_now(now), prepare=prepare)
+
+
+def _request_ids(ids: list[str]) -> pl.DataFrame:
+    """A MERGE source of request ids only."""
+    return pl.DataFrame({"request_id": ids}, schema={"request_id": pl.String})
