@@ -95,7 +95,9 @@ class QueueClaims(QueueTable):
             # The target row must still be claimable, checked on the row the MERGE rewrites. The literal bounds on
             # created_at are redundant for the rows picked, but delta-rs checks conflicts with them: files appended
             # since (newer, or in no claimable state) can then no longer fail this commit.
-            guard = eligible & rules.Compare("created_at", "<=", picked["created_at"].max())
+            newest = picked["created_at"].max()
+            assert isinstance(newest, datetime)  # created_at is NOT NULL and `picked` is not empty
+            guard = eligible & rules.Compare("created_at", "<=", newest)
             metrics = (
                 dt.merge(
                     source.to_arrow(),
