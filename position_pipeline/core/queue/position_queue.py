@@ -1,0 +1,19 @@
+"""`PositionQueue`: the queue's whole public API, put together from the modules that each do one job."""
+
+from __future__ import annotations
+
+from position_pipeline.core.queue.claims import QueueClaims
+from position_pipeline.core.queue.enqueue import QueueEnqueue
+from position_pipeline.core.queue.legacy import LegacyImport
+from position_pipeline.core.queue.reads import QueueReads
+
+
+class PositionQueue(QueueEnqueue, QueueReads, QueueClaims, LegacyImport):
+    """The `position_queue` Delta table, safe to use from many processes at once.
+
+    Producers (enqueue.py), readers (reads.py), the pipeline's claims, marks and releases (claims.py) and the legacy
+    import (legacy.py), over one table handle (table.py). Nothing touches storage until the first call, and the first
+    call creates the table if it is absent, so building a queue at Dagster definition load costs nothing.
+    `storage_options` None: those `lake.storage_options_for` gives for the table's URI (none for a local folder;
+    AWS_* variables for s3://).
+    """
