@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._utils.schedules import cron_string_iterator
 
 from benchmarks import report
 from position_pipeline.core import lake
 from position_pipeline.defs import upkeep
+from position_pipeline.defs.dagster_internals import cron_string_iterator
 
 NAME = "growth"
 BATCHES, QUICK_BATCHES = 1_000, 150

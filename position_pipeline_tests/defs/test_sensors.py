@@ -206,7 +206,7 @@ def test_the_sensor_is_due_on_every_loop_of_the_sensor_daemon() -> None:
     """The daemon evaluates sensors once per 5-second loop, and skips a sensor whose last tick began less than its
     minimum interval ago. A minimum of exactly one loop lost every tick that began a few ms later in its loop than the
     one before to a 10-second wait (measured by benchmarks/freshness.py); below one loop, every loop evaluates it."""
-    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+    from position_pipeline.defs.dagster_internals import MIN_INTERVAL_LOOP_TIME
 
     interval = position_sync_sensor.minimum_interval_seconds
     assert interval is not None and 0 < interval < MIN_INTERVAL_LOOP_TIME
