@@ -23,7 +23,7 @@ from position_pipeline.core.ib_reader import IBError
 from position_pipeline.core.lake import SNAPSHOT_RESULTS_SCHEMA, existing_request_ids, storage_options_for
 from position_pipeline.core.leases import MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
 from position_pipeline.core.sync import failures, position_update_rows, snapshot_results
-from position_pipeline.core.terms import MAX_ATTEMPTS
+from position_pipeline.core.terms import BACKFILL_BATCH_SIZE, MAX_ATTEMPTS, SENSOR_BATCH_SIZE
 from position_pipeline.defs.metadata import markdown_table
 from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import IBResource, LakeResource
@@ -32,8 +32,6 @@ GROUP = "positions"
 OWNERS = ["team:trading-data"]
 # Dagster flags backfill_policy as beta; it is what makes a backfill of many hours one run. Said once, here.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
-SENSOR_BATCH_SIZE = 50
-BACKFILL_BATCH_SIZE = 200_000
 _SYNC: dict[str, Any] = {
     "partitions_def": queued_hour_partitions,
     "backfill_policy": dg.BackfillPolicy.single_run(),

@@ -14,7 +14,7 @@ import pytest
 from position_pipeline.core import lake
 from position_pipeline.core.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
 from position_pipeline.core.queue import PositionQueue, QueueStatus
-from position_pipeline.defs.assets import SENSOR_BATCH_SIZE
+from position_pipeline.core.terms import SENSOR_BATCH_SIZE
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.defs.partitions import hour_key, partition_key_for, queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import LakeResource
