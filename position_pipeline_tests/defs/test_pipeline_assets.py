@@ -228,7 +228,7 @@ def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_writt
     """A run that stalled past its fence may have lost its items to another run: it must not append them."""
     queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
     ids = enqueue_held(queue, sim.call(lambda gw: gw.state), 3)
-    monkeypatch.setattr("position_pipeline.defs.assets.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
+    monkeypatch.setattr("position_pipeline.core.write_plan.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
     result = run_sync(lake_root, sim, instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
