@@ -26,17 +26,14 @@ def claimed_results(queue: PositionQueue, run_id: str) -> pl.DataFrame:
     return snapshot_results(batch, IBSnapshot(datetime.now(UTC), 7, 178, ["DU1"], ["DU1"], [AAPL]))
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> str:
-    return str(tmp_path / "lake")
+def temp_lake(tmp_path: Path) -> tuple[str, PositionQueue]:
+    """A lake root in `tmp_path` and its (not yet created) queue."""
+    root = str(tmp_path / "lake")
+    return root, PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
 
 
-@pytest.fixture
-def queue(root: str) -> PositionQueue:
-    return PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
-
-
-def test_a_held_batch_is_planned_then_written_back_after_the_append(root: str, queue: PositionQueue) -> None:
+def test_a_held_batch_is_planned_then_written_back_after_the_append(tmp_path: Path) -> None:
+    root, queue = temp_lake(tmp_path)
     held, unknown = queue.insert_many([(265598, "AAPL"), (99_999_999, "NOPE")])
     plan = plan_write(claimed_results(queue, "run-a"), "run-a", queue, root)
     assert plan.refusal is None and plan.version_before == 0
@@ -56,7 +53,8 @@ def test_a_held_batch_is_planned_then_written_back_after_the_append(root: str, q
     assert statuses == {held: QueueStatus.SUCCESS, unknown: QueueStatus.FAILED}
 
 
-def test_rows_an_earlier_run_committed_are_not_planned_again_but_marked(root: str, queue: PositionQueue) -> None:
+def test_rows_an_earlier_run_committed_are_not_planned_again_but_marked(tmp_path: Path) -> None:
+    root, queue = temp_lake(tmp_path)
     (held,) = queue.insert_many([(265598, "AAPL")])
     first = plan_write(claimed_results(queue, "dead-run"), "dead-run", queue, root)
     write_deltalake(first.table_uri, first.rows.to_arrow(), mode="append")
@@ -67,7 +65,8 @@ def test_rows_an_earlier_run_committed_are_not_planned_again_but_marked(root: st
     assert plan.output_metadata()["rows_written"] == 0
 
 
-def test_a_run_that_lost_its_claims_is_refused(root: str, queue: PositionQueue) -> None:
+def test_a_run_that_lost_its_claims_is_refused(tmp_path: Path) -> None:
+    root, queue = temp_lake(tmp_path)
     queue.insert_many([(265598, "AAPL"), (101000, "MSFT")])
     results = claimed_results(queue, "run-a")
     queue.release_runs(["run-a"])
@@ -79,8 +78,9 @@ def test_a_run_that_lost_its_claims_is_refused(root: str, queue: PositionQueue) 
 
 
 def test_a_claim_past_the_write_fence_is_given_back_and_refused(
-    root: str, queue: PositionQueue, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    root, queue = temp_lake(tmp_path)
     queue.insert_many([(265598, "AAPL")])
     results = claimed_results(queue, "run-a")
     monkeypatch.setattr("position_pipeline.core.write_plan.WRITE_FENCE_SECONDS", -1)
