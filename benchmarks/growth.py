@@ -42,7 +42,7 @@ from position_pipeline.defs.dagster_internals import cron_string_iterator
 NAME = "growth"
 BATCHES, QUICK_BATCHES = 1_000, 150
 SENSOR_SECONDS = 5
-BATCH_SIZE = 50  # the sensor's (assets.SENSOR_BATCH_SIZE)
+BATCH_SIZE = 50  # the sensor's (terms.SENSOR_BATCH_SIZE)
 TARGET_FILES = 50
 TABLES = (lake.QUEUE_TABLE, lake.POSITION_UPDATES_TABLE)
 START = datetime(2030, 1, 7, 10, 0, tzinfo=UTC)
