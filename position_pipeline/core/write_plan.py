@@ -48,9 +48,16 @@ class WritePlan:
     version_before: int | None = None
     refusal: WriteRefusal | None = None
 
+    @property
+    def version_planned(self) -> int:
+        """position_updates' version before the append; a refused plan has none (ValueError)."""
+        if self.version_before is None:
+            raise ValueError(f"a refused write has no table version: {self.refusal}")
+        return self.version_before
+
     def output_metadata(self) -> dict[str, int | float]:
         """What the UI shows for the append: counts, the table version it makes, the batch's age."""
-        version = self.version_before or 0
+        version = self.version_planned
         return {
             "claimed": self.claimed,
             "succeeded": len(self.succeeded),
@@ -77,7 +84,7 @@ class WriteBack:
     @property
     def other_writer(self) -> bool:
         """Another writer committed to position_updates between this run's version reads."""
-        return self.version_after != (self.plan.version_before or 0) + (1 if self.plan.rows.height else 0)
+        return self.version_after != self.plan.version_planned + (1 if self.plan.rows.height else 0)
 
     def summary(self) -> str:
         return (
