@@ -42,7 +42,6 @@ from typing import Any, TypeVar
 
 import dagster as dg
 import polars as pl
-from dagster_deltalake import LocalConfig, WriteMode
 from deltalake import DeltaTable, write_deltalake
 from ib_async import IB, StartupFetch
 
@@ -58,10 +57,9 @@ from position_pipeline.defs.assets import (
     position_updates,
     queued_positions,
 )
-from position_pipeline.defs.io_managers import PositionUpdatesIOManager
 from position_pipeline.defs.jobs import position_sync_job
 from position_pipeline.defs.partitions import QueuedWindow, partition_key_for, queued_hour_partitions, queued_window
-from position_pipeline.defs.resources import IBResource, LakeResource
+from position_pipeline.defs.resources import IBResource, build_resources
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 
 NAME = "batch_cost"
@@ -190,14 +188,7 @@ def sync_job(root: str, port: int) -> dg.JobDefinition:
     defs = dg.Definitions(
         assets=[position_queue, queued_positions, ib_snapshot, position_updates],
         jobs=[position_sync_job],
-        resources={
-            "ib": IBResource(port=port),
-            "lake": LakeResource(root_uri=root),
-            "delta_io_manager": PositionUpdatesIOManager(
-                root_uri=root, schema=lake.SCHEMA_NAME, mode=WriteMode.append, storage_options=LocalConfig()
-            ),
-            "batch_io_manager": dg.mem_io_manager,
-        },
+        resources=build_resources(root, IBResource(port=port)),
     )
     return defs.resolve_job_def(position_sync_job.name)
 

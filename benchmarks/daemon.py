@@ -82,7 +82,7 @@ def running_daemon(
 
 def sensor_ticks(instance: dg.DagsterInstance) -> list[tuple[float, list[str]]]:
     """(start time, run ids requested) of every tick of every sensor on the instance, oldest first."""
-    from dagster._core.scheduler.instigation import InstigatorType
+    from position_pipeline.defs.dagster_internals import InstigatorType
 
     ticks: list[tuple[float, list[str]]] = []
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):

@@ -33,16 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._utils.schedules import cron_string_iterator
 
 from benchmarks import report
 from position_pipeline.core import lake
 from position_pipeline.defs import upkeep
+from position_pipeline.defs.dagster_internals import cron_string_iterator
 
 NAME = "growth"
 BATCHES, QUICK_BATCHES = 1_000, 150
 SENSOR_SECONDS = 5
-BATCH_SIZE = 50  # the sensor's (assets.SENSOR_BATCH_SIZE)
+BATCH_SIZE = 50  # the sensor's (terms.SENSOR_BATCH_SIZE)
 TARGET_FILES = 50
 TABLES = (lake.QUEUE_TABLE, lake.POSITION_UPDATES_TABLE)
 START = datetime(2030, 1, 7, 10, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ import dagster as dg
 from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
 from position_pipeline.defs.checks import ASSET_CHECKS, position_checks_job, position_checks_schedule
 from position_pipeline.defs.jobs import position_sync_job
-from position_pipeline.defs.resources import delta_io_manager, ib_resource, lake_resource
+from position_pipeline.defs.resources import build_resources
 from position_pipeline.defs.run_retention import purge_run_history, purge_run_history_schedule
 from position_pipeline.defs.sensors import position_sync_sensor
 from position_pipeline.defs.upkeep import table_upkeep, table_upkeep_schedule
@@ -18,11 +18,6 @@ defs = dg.Definitions(
     jobs=[position_sync_job, position_checks_job, table_upkeep, purge_run_history],
     sensors=[position_sync_sensor],
     schedules=[position_checks_schedule, table_upkeep_schedule, purge_run_history_schedule],
-    resources={
-        "ib": ib_resource(),
-        "lake": lake_resource(),
-        "delta_io_manager": delta_io_manager(),
-        "batch_io_manager": dg.mem_io_manager,
-    },
+    resources=build_resources(),
     executor=dg.in_process_executor,
 )

@@ -60,6 +60,18 @@ def position_update_rows(results: pl.DataFrame, run_id: str) -> pl.DataFrame:
     )
 
 
+def read_summary(results: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, int | str]:
+    """What the UI shows about one IB read of a batch: items, how many were found, the client id, their accounts."""
+    not_found = results.filter(pl.col("error").is_not_null()).height
+    return {
+        "items": results.height,
+        "found": results.height - not_found,
+        "not_found": not_found,
+        "client_id": snapshot.client_id,
+        "accounts": ", ".join(sorted({a for a in results["account"].to_list() if a})),
+    }
+
+
 def failures(results: pl.DataFrame) -> dict[str, str]:
     """request_id -> reason, for the items that get no row."""
     failed = results.filter(pl.col("error").is_not_null())

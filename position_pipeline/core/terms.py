@@ -1,4 +1,5 @@
-"""The words and defaults every wing shares, each written once: queue statuses, priorities, retry and IB defaults.
+"""The words and defaults every wing shares, each written once: queue statuses, priorities, retry, IB and batch
+defaults.
 
 Imports nothing heavy (no polars, deltalake or Dagster), so the CLI's parser and `--help` may use it.
 """
@@ -35,3 +36,8 @@ IB_CLIENT_ID = 100
 IB_CLIENT_ID_SPAN = 100
 IB_CONNECT_TIMEOUT_S = 10
 IB_REQUEST_TIMEOUT_S = 30
+
+SENSOR_BATCH_SIZE = 50
+"""Items a sync run requested by the sensor claims (its run config sets SyncConfig.batch_size to this)."""
+BACKFILL_BATCH_SIZE = 200_000
+"""Items a sync run claims unless told otherwise (SyncConfig.batch_size): a backfill takes its whole window at once."""

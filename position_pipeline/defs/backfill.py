@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.dagster_internals import PartitionBackfill, make_new_backfill_id
 from position_pipeline.defs.partitions import QueuedWindow, partition_key_for, queued_hour_partitions, queued_window
 
 SYNC_ASSET_KEYS = [dg.AssetKey("queued_positions"), dg.AssetKey("ib_snapshot"), dg.AssetKey("position_updates")]
@@ -73,9 +74,6 @@ def launch_backfill(
     instance: dg.DagsterInstance, start: datetime, end: datetime, *, now: datetime | None = None
 ) -> BackfillRequest:
     """Store an asset backfill of the sync assets over [start's hour, end's hour]; the daemon launches its run."""
-    from dagster._core.execution.backfill import PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
-
     from position_pipeline.definitions import defs
 
     keys = partition_range(start, end, now)

@@ -13,9 +13,10 @@ from typing import Any
 
 import polars as pl
 from dagster import OutputContext
-from dagster._core.storage.db_io_manager import DbTypeHandler, TableSlice
 from dagster_deltalake.io_manager import TableConnection
 from dagster_deltalake_polars import DeltaLakePolarsIOManager, DeltaLakePolarsTypeHandler
+
+from position_pipeline.defs.dagster_internals import DbTypeHandler, TableSlice
 
 
 class AppendByTablePartitioningTypeHandler(DeltaLakePolarsTypeHandler):

@@ -108,16 +108,33 @@ def lake_resource() -> LakeResource:
     return LakeResource(root_uri=_env_or(lake.LAKE_URI_VARIABLE, lake.lake_root()))
 
 
-def delta_io_manager() -> PositionUpdatesIOManager:
-    """Appends only: overwrite mode would replace whole partitions of position history."""
-    storage, client = delta_storage_config(lake.lake_root())
+def delta_io_manager(root_uri: str | None = None) -> PositionUpdatesIOManager:
+    """The IO manager appending position_updates under `root_uri`; None: the lake POSITION_LAKE_URI names (else
+    `.lake`), resolved in the run's own process. Appends only: overwrite mode would replace whole partitions of
+    position history."""
+    storage, client = delta_storage_config(lake.lake_root() if root_uri is None else root_uri)
     return PositionUpdatesIOManager(
-        root_uri=_env_or(lake.LAKE_URI_VARIABLE, lake.lake_root()),
+        root_uri=_env_or(lake.LAKE_URI_VARIABLE, lake.lake_root()) if root_uri is None else root_uri,
         schema=lake.SCHEMA_NAME,
         mode=WriteMode.append,
         storage_options=storage,
         client_options=client,
     )
+
+
+def build_resources(root_uri: str | None = None, ib: IBResource | None = None) -> dict[str, Any]:
+    """The resources the sync assets run with, by key: definitions.py, the tests and the benchmarks all call this.
+
+    `root_uri` None: the lake from POSITION_LAKE_URI (else `.lake`), as a deployment configures it; else that lake,
+    for both the queue and the Delta IO manager. `ib` None: the gateway the IB_* variables name. The batch handed
+    between the three sync assets stays in memory: a sync run executes in one process.
+    """
+    return {
+        "ib": ib_resource() if ib is None else ib,
+        "lake": lake_resource() if root_uri is None else LakeResource(root_uri=root_uri),
+        "delta_io_manager": delta_io_manager(root_uri),
+        "batch_io_manager": dg.mem_io_manager,
+    }
 
 
 _S3_CONFIG_FIELDS = {

@@ -12,12 +12,14 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-
-# Dagster 1.13 exports none of these from `dagster`; they are the names its own backfill daemon and storages use.
-from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.tags import BACKFILL_ID_TAG
 from pydantic import Field
+
+from position_pipeline.defs.dagster_internals import (
+    BACKFILL_ID_TAG,
+    BulkActionsFilter,
+    BulkActionStatus,
+    SqliteEventLogStorage,
+)
 
 RETENTION_DAYS_ENV = "DAGSTER_RUN_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 7.0

@@ -8,7 +8,7 @@ import dagster as dg
 
 from position_pipeline.core.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS
 from position_pipeline.core.queue import PositionQueue
-from position_pipeline.defs.assets import SENSOR_BATCH_SIZE
+from position_pipeline.core.terms import SENSOR_BATCH_SIZE
 from position_pipeline.defs.jobs import SYNC_JOB_NAME, position_sync_job
 from position_pipeline.defs.partitions import partition_key_for
 from position_pipeline.defs.resources import LakeResource

@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from dagster_deltalake import LocalConfig
 from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline.core import lake
@@ -19,9 +18,8 @@ from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.core.sync import position_update_rows, snapshot_results
 from position_pipeline.definitions import defs
 from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
-from position_pipeline.defs.io_managers import PositionUpdatesIOManager
 from position_pipeline.defs.partitions import hour_key, partition_range_tags
-from position_pipeline.defs.resources import IBResource, LakeResource
+from position_pipeline.defs.resources import IBResource, build_resources
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,17 +37,6 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield test_instance
 
 
-def resources(lake_root: str, sim: GatewayThread, **ib: object) -> dict[str, object]:
-    return {
-        "ib": IBResource(port=sim.port, request_timeout=2.0, connect_timeout=3.0, **ib),
-        "lake": LakeResource(root_uri=lake_root),
-        "delta_io_manager": PositionUpdatesIOManager(
-            root_uri=lake_root, schema=lake.SCHEMA_NAME, mode="append", storage_options=LocalConfig()
-        ),
-        "batch_io_manager": dg.mem_io_manager,
-    }
-
-
 def run_sync(
     lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance, batch_size: int = 50, **ib: object
 ) -> dg.ExecuteInJobResult:
@@ -57,7 +44,7 @@ def run_sync(
     return dg.materialize(
         ASSETS,
         selection=[queued_positions, ib_snapshot, position_updates],
-        resources=resources(lake_root, sim, **ib),
+        resources=build_resources(lake_root, IBResource(port=sim.port, request_timeout=2, connect_timeout=3, **ib)),
         instance=instance,
         run_config=dg.RunConfig({"queued_positions": {"config": {"batch_size": batch_size}}}),
         tags=partition_range_tags(hour_key(datetime.now(UTC) - timedelta(hours=1)), hour_key(datetime.now(UTC))),
@@ -241,7 +228,7 @@ def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_writt
     """A run that stalled past its fence may have lost its items to another run: it must not append them."""
     queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
     ids = enqueue_held(queue, sim.call(lambda gw: gw.state), 3)
-    monkeypatch.setattr("position_pipeline.defs.assets.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
+    monkeypatch.setattr("position_pipeline.core.write_plan.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
     result = run_sync(lake_root, sim, instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

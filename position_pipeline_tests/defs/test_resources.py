@@ -6,8 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster_deltalake import LocalConfig
 
-from position_pipeline.defs.resources import IBResource, delta_io_manager, ib_resource, lake_resource
+from position_pipeline.defs.resources import IBResource, build_resources, delta_io_manager, ib_resource, lake_resource
 
 
 def settings_in_a_run(resource: IBResource) -> object:
@@ -55,3 +56,12 @@ def test_the_lake_defaults_to_dot_lake_and_follows_position_lake_uri(
     assert lake_resource().root_uri == str(tmp_path / ".lake")
     monkeypatch.setenv("POSITION_LAKE_URI", "s3://bucket/lake")
     assert delta_io_manager().root_uri.env_var_name == "POSITION_LAKE_URI"  # type: ignore[attr-defined]
+
+
+def test_build_resources_points_the_queue_and_the_io_manager_at_one_lake(tmp_path: Path) -> None:
+    root = str(tmp_path / "lake")
+    resources = build_resources(root, IBResource(port=4100))
+    assert set(resources) == {"ib", "lake", "delta_io_manager", "batch_io_manager"}
+    assert resources["lake"].root_uri == root and resources["delta_io_manager"].root_uri == root
+    assert isinstance(resources["delta_io_manager"].storage_options, LocalConfig)
+    assert resources["ib"].port == 4100

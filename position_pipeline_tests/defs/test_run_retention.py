@@ -7,11 +7,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
-from dagster._core.storage.tags import BACKFILL_ID_TAG
-from dagster._core.test_utils import freeze_time
 
+from position_pipeline.defs.dagster_internals import (
+    BACKFILL_ID_TAG,
+    BulkActionStatus,
+    PartitionBackfill,
+    RegisteredCodeLocationOrigin,
+    RemoteRepositoryOrigin,
+    freeze_time,
+)
 from position_pipeline.defs.run_retention import (
     RETENTION_DAYS_ENV,
     purge_run_history,

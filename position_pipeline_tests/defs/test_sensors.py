@@ -14,7 +14,7 @@ import pytest
 from position_pipeline.core import lake
 from position_pipeline.core.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
 from position_pipeline.core.queue import PositionQueue, QueueStatus
-from position_pipeline.defs.assets import SENSOR_BATCH_SIZE
+from position_pipeline.core.terms import SENSOR_BATCH_SIZE
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.defs.partitions import hour_key, partition_key_for, queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import LakeResource
@@ -206,7 +206,7 @@ def test_the_sensor_is_due_on_every_loop_of_the_sensor_daemon() -> None:
     """The daemon evaluates sensors once per 5-second loop, and skips a sensor whose last tick began less than its
     minimum interval ago. A minimum of exactly one loop lost every tick that began a few ms later in its loop than the
     one before to a 10-second wait (measured by benchmarks/freshness.py); below one loop, every loop evaluates it."""
-    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+    from position_pipeline.defs.dagster_internals import MIN_INTERVAL_LOOP_TIME
 
     interval = position_sync_sensor.minimum_interval_seconds
     assert interval is not None and 0 < interval < MIN_INTERVAL_LOOP_TIME

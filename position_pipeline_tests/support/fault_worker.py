@@ -178,22 +178,10 @@ KILL_POINTS: dict[str, Callable[[], None]] = {
 
 def sync_resources(lake_root: str, port: int, **ib: Any) -> dict[str, Any]:
     """The resources a sync run gets in the fault suite: the simulator's port, short IB timeouts, a temp lake."""
-    import dagster as dg
-    from dagster_deltalake import LocalConfig, WriteMode
-
-    from position_pipeline.core import lake
-    from position_pipeline.defs.io_managers import PositionUpdatesIOManager
-    from position_pipeline.defs.resources import IBResource, LakeResource
+    from position_pipeline.defs.resources import IBResource, build_resources
 
     settings = {"connect_timeout": 3, "request_timeout": 2, **ib}
-    return {
-        "ib": IBResource(port=port, **settings),
-        "lake": LakeResource(root_uri=lake_root),
-        "delta_io_manager": PositionUpdatesIOManager(
-            root_uri=lake_root, schema=lake.SCHEMA_NAME, mode=WriteMode.append, storage_options=LocalConfig()
-        ),
-        "batch_io_manager": dg.mem_io_manager,
-    }
+    return build_resources(lake_root, IBResource(port=port, **settings))
 
 
 def _execute_sync_run(args: dict[str, Any]) -> Any:

@@ -44,9 +44,9 @@ from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.defs.resources import (
     IBResource,
     LakeResource,
+    build_resources,
     delta_io_manager,
     delta_storage_config,
-    lake_resource,
 )
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 
@@ -313,18 +313,13 @@ def test_the_sync_assets_write_position_updates_to_s3(
     queue = LakeResource(root_uri=s3_lake).queue()
     holdings = list(sim_state.positions())[:12]
     ids = queue.insert_many([(h.contract.conid, h.contract.symbol, 2, h.account) for h in holdings])
-    io_manager = delta_io_manager()
-    assert isinstance(io_manager.storage_options, S3Config)
+    resources = build_resources(ib=IBResource(port=sim.port, connect_timeout=5, request_timeout=5))
+    assert isinstance(resources["delta_io_manager"].storage_options, S3Config)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [position_queue, queued_positions, ib_snapshot, position_updates],
             selection=[queued_positions, ib_snapshot, position_updates],
-            resources={
-                "ib": IBResource(port=sim.port, connect_timeout=5, request_timeout=5),
-                "lake": lake_resource(),
-                "delta_io_manager": io_manager,
-                "batch_io_manager": dg.mem_io_manager,
-            },
+            resources=resources,
             instance=instance,
             # The last two hours, so items queued just before an hour turned are still taken.
             tags=partition_range_tags(hour_key(datetime.now(UTC) - timedelta(hours=1)), hour_key(datetime.now(UTC))),

@@ -1,0 +1,195 @@
+"""What position_updates appends for a batch, and the write-back to the queue once the append is committed.
+
+Exactly once: a run appends a batch's rows only while it still holds every claim and no later than the write fence,
+skips rows an earlier run of the same items committed before dying, and marks the items SUCCESS or FAILED only after
+its append. `plan_write` decides (or refuses) before the append; `apply_write_back` marks the items after it. No
+Dagster here: the `position_updates` asset raises a refusal as the run's failure and shows the metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import polars as pl
+from deltalake import DeltaTable
+
+from position_pipeline.core import lake
+from position_pipeline.core.leases import MAX_RUNTIME_SECONDS, WRITE_FENCE_SECONDS
+from position_pipeline.core.sync import failures, position_update_rows
+
+if TYPE_CHECKING:
+    from position_pipeline.core.queue import PositionQueue
+
+
+@dataclass(frozen=True)
+class WriteRefusal:
+    """Why a run must not (or could not fully) write its batch: the run fails with this description and metadata."""
+
+    description: str
+    metadata: dict[str, int | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """One batch's write: the rows to append, then the items to mark. Invariants: `succeeded` is the rows' request
+    ids followed by `already_written` (sorted); `failed` holds none of `already_written`; when `refusal` is set the
+    run writes nothing and `version_before` is None (the table is not read)."""
+
+    run_id: str
+    claimed: int
+    claimed_at: datetime | None
+    rows: pl.DataFrame
+    succeeded: list[str]
+    failed: dict[str, str]
+    already_written: set[str]
+    table_uri: str
+    version_before: int | None = None
+    refusal: WriteRefusal | None = None
+
+    @property
+    def version_planned(self) -> int:
+        """position_updates' version before the append; a refused plan has none (ValueError)."""
+        if self.version_before is None:
+            raise ValueError(f"a refused write has no table version: {self.refusal}")
+        return self.version_before
+
+    def output_metadata(self) -> dict[str, int | float]:
+        """What the UI shows for the append: counts, the table version it makes, the batch's age."""
+        version = self.version_planned
+        return {
+            "claimed": self.claimed,
+            "succeeded": len(self.succeeded),
+            "failed": len(self.failed),
+            "rows_written": self.rows.height,
+            "table_version": version + 1 if self.rows.height else version,
+            "batch_seconds": round(seconds_since(self.claimed_at), 3),
+        }
+
+    def failures_frame(self) -> pl.DataFrame:
+        """The items marked FAILED, with why (request_id, error)."""
+        return pl.DataFrame({"request_id": list(self.failed), "error": list(self.failed.values())})
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """What the write-back marked, and the table version after it."""
+
+    plan: WritePlan
+    marked_success: int
+    marked_failed: int
+    version_after: int
+
+    @property
+    def other_writer(self) -> bool:
+        """Another writer committed to position_updates between this run's version reads."""
+        return self.version_after != self.plan.version_planned + (1 if self.plan.rows.height else 0)
+
+    def summary(self) -> str:
+        return (
+            f"batch of {self.plan.claimed}: {self.plan.rows.height} rows appended (position_updates version "
+            f"{self.version_after}), {self.marked_success} marked SUCCESS, {self.marked_failed} marked FAILED"
+        )
+
+    @property
+    def refusal(self) -> WriteRefusal | None:
+        """Set when items were taken from this run between its append and its write-back."""
+        marked = self.marked_success + self.marked_failed
+        if marked >= self.plan.claimed:
+            return None
+        return WriteRefusal(
+            description=f"only {marked} of {self.plan.claimed} items could be written back: the others were taken "
+            f"from this run meanwhile; check position_updates for request_ids written twice",
+            metadata={"marked_success": self.marked_success, "marked_failed": self.marked_failed},
+        )
+
+
+def plan_write(
+    results: pl.DataFrame,
+    run_id: str,
+    queue: PositionQueue,
+    root_uri: str,
+    storage_options: lake.StorageOptions | None = None,
+) -> WritePlan:
+    """The write of one batch's `results` (a frame in SNAPSHOT_RESULTS_SCHEMA) by run `run_id`, or its refusal.
+
+    Creates position_updates if absent. Refuses when the run no longer holds every claim (it was reported finished
+    and they were given back) and when the claims are older than the write fence; past the fence it gives the items
+    back first, so another run takes them.
+    """
+    uri = lake.ensure_position_updates_table(root_uri, storage_options)
+    rows = position_update_rows(results, run_id)
+    written_before = _already_written(root_uri, results, storage_options)
+    if written_before:
+        rows = rows.filter(~pl.col("request_id").is_in(list(written_before)))
+    plan = WritePlan(
+        run_id=run_id,
+        claimed=results.height,
+        claimed_at=results["claimed_at"].min() if results.height else None,  # type: ignore[arg-type]
+        rows=rows,
+        succeeded=rows["request_id"].to_list() + sorted(written_before),
+        failed={i: error for i, error in failures(results).items() if i not in written_before},
+        already_written=written_before,
+        table_uri=uri,
+    )
+    refusal = _claims_refusal(results["request_id"].to_list(), run_id, queue) if results.height else None
+    if refusal is not None:
+        return replace(plan, refusal=refusal)
+    return replace(plan, version_before=_table_version(uri))
+
+
+def apply_write_back(plan: WritePlan, queue: PositionQueue) -> WriteBack:
+    """Mark the planned items SUCCESS and FAILED; call only once the append is committed."""
+    marked = queue.mark_success(plan.succeeded, claimed_by=plan.run_id) if plan.succeeded else 0
+    marked_failed = queue.mark_failed_many(plan.failed, claimed_by=plan.run_id) if plan.failed else 0
+    return WriteBack(plan, marked, marked_failed, _table_version(plan.table_uri))
+
+
+def seconds_since(moment: datetime | None) -> float:
+    """Seconds from `moment` (timezone-aware) to now; 0 for None."""
+    return (datetime.now(UTC) - moment).total_seconds() if moment else 0.0
+
+
+def _claims_refusal(request_ids: list[str], run_id: str, queue: PositionQueue) -> WriteRefusal | None:
+    """Why the run must not append these items now, or None while it may."""
+    # A run reported finished while its worker lives on (forced termination, max runtime) lost its claims:
+    # the items may be another run's now, so write nothing for them.
+    lost = set(request_ids) - queue.held_by(request_ids, run_id)
+    if lost:
+        return WriteRefusal(
+            description=f"{len(lost)} of {len(request_ids)} items are no longer claimed by this run (it was "
+            f"reported finished and they were given back): nothing written, they are processed by another run",
+            metadata={"lost_claims": len(lost)},
+        )
+    # The write fence: the sensor hands a finished run's claims on only MAX_RUNTIME_SECONDS after the claim, so
+    # a run that appends no later than WRITE_FENCE_SECONDS after it cannot meet another writer of its items.
+    since = queue.held_since(request_ids, run_id)
+    if since is None:
+        return WriteRefusal(
+            description="the batch's claims were given back while this run was writing: nothing written, they "
+            "are processed by another run",
+        )
+    age = seconds_since(since)
+    if age > WRITE_FENCE_SECONDS:
+        released = queue.release(request_ids, claimed_by=run_id)
+        return WriteRefusal(
+            description=f"the batch was claimed {age:.0f} s ago, past the {WRITE_FENCE_SECONDS} s write fence: "
+            f"nothing written, {released} items given back for another run (after {MAX_RUNTIME_SECONDS} s "
+            "the sensor may hand a finished run's items to another run, so a late writer must not append)",
+            metadata={"claim_age_seconds": round(age, 1), "items_released": released},
+        )
+    return None
+
+
+def _already_written(root_uri: str, results: pl.DataFrame, storage_options: lake.StorageOptions | None) -> set[str]:
+    """Rows that an earlier run of the same items committed before dying (only re-claimed items can have one)."""
+    again = results.filter(pl.col("claims") > 1)
+    if again.is_empty():
+        return set()
+    since = again["queued_at"].min().date()  # type: ignore[union-attr]
+    return lake.existing_request_ids(root_uri, again["request_id"].to_list(), since, storage_options)
+
+
+def _table_version(uri: str) -> int:
+    return DeltaTable(uri, storage_options=lake.storage_options_for(uri)).version()
