@@ -7,7 +7,7 @@ assets call (`benchmarks.batch_cost.sync_batch`: claim, one IB read of a simulat
 client, one append with the Delta IO manager's `write_deltalake` call, write-back), leaving out only the reads that
 write nothing. Every commit is the one a run makes. Before each batch a producer queues its 50 items in one insert.
 
-Two lakes take the same batches, one without upkeep and one with `upkeep.run_upkeep` run whenever the production
+Two lakes take the same batches, one without upkeep and one with `run_upkeep` run whenever the production
 schedule (`table_upkeep_schedule`, evaluated against the lake at that moment for its run config or skip) asks for it.
 Each lake runs in a child process of its own with its own simulated gateway, both at once (one per core). The batches
 come as fast as they can, but the schedule follows the clock of a sensor at its 5-second cadence: batch n happens at
@@ -37,6 +37,7 @@ from dagster._utils.schedules import cron_string_iterator
 
 from benchmarks import report
 from position_pipeline.core import lake
+from position_pipeline.core.maintenance import run_upkeep, table_state
 from position_pipeline.defs import upkeep
 
 NAME = "growth"
@@ -67,7 +68,7 @@ class Files:
 def files(root: str, table: str) -> Files:
     """Data files in the table's current version, Parquet files under its folder, and its `_delta_log`."""
     uri = Path(lake.table_uri(root, table))
-    state = upkeep.table_state(str(uri))
+    state = table_state(str(uri))
     log_entries = [p for p in (uri / "_delta_log").rglob("*") if p.is_file()]
     return Files(
         active=state.files if state else 0,
@@ -124,7 +125,7 @@ def lane(root: str, batches: int, with_upkeep: bool) -> None:
                 else:
                     note_most()
                     started = time.perf_counter()
-                    metadata = upkeep.run_upkeep(log, upkeep.UpkeepConfig(**config), root)
+                    metadata = run_upkeep(log, upkeep.UpkeepConfig(**config), root)
                     upkeep_seconds += time.perf_counter() - started
                     runs[metadata["upkeep"]] += 1
                 due = next(ticks)
