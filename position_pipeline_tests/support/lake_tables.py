@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue
@@ -93,3 +93,34 @@ def update_batch(day: date, batch: int, size: int = 3) -> pa.Table:
         for i in range(size)
     ]
     return pa.Table.from_pylist(rows, schema=lake.POSITION_UPDATES_ARROW_SCHEMA)
+
+
+def append_rows(root: str, *rows: tuple[str, datetime, str]) -> None:
+    """Append (request_id, snapshot_at, run_id) rows to position_updates in one commit, as a sync run does."""
+    uri = lake.ensure_position_updates_table(root)
+    frame = pl.DataFrame(
+        [
+            {
+                "request_id": request_id,
+                "conid": 265598,
+                "account": "DU1000001",
+                "symbol": "AAPL",
+                "sec_type": "STK",
+                "currency": "USD",
+                "local_symbol": "AAPL",
+                "position": 10.0,
+                "average_cost": 150.0,
+                "market_price": 190.0,
+                "market_value": 1900.0,
+                "unrealized_pnl": 400.0,
+                "realized_pnl": 0.0,
+                "queued_at": at - timedelta(seconds=4),
+                "snapshot_at": at,
+                "run_id": run_id,
+                "snapshot_date": at.date(),
+            }
+            for request_id, at, run_id in rows
+        ],
+        schema=lake.POSITION_UPDATES_SCHEMA,
+    )
+    write_deltalake(uri, frame.to_arrow().cast(lake.POSITION_UPDATES_ARROW_SCHEMA), mode="append")
