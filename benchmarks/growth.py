@@ -38,7 +38,8 @@ from dagster._utils.schedules import cron_string_iterator
 from benchmarks import report
 from position_pipeline.core import lake
 from position_pipeline.core.maintenance import run_upkeep, table_state
-from position_pipeline.defs import upkeep
+from position_pipeline.defs.schedules import table_upkeep_schedule
+from position_pipeline.defs.upkeep import UpkeepConfig
 
 NAME = "growth"
 BATCHES, QUICK_BATCHES = 1_000, 150
@@ -80,7 +81,7 @@ def files(root: str, table: str) -> Files:
 
 def schedule_ticks(start: datetime) -> Iterator[datetime]:
     """When the upkeep schedule ticks after `start`."""
-    for tick in cron_string_iterator(start.timestamp(), str(upkeep.table_upkeep_schedule.cron_schedule), "UTC"):
+    for tick in cron_string_iterator(start.timestamp(), str(table_upkeep_schedule.cron_schedule), "UTC"):
         if tick.astimezone(UTC) > start:
             yield tick.astimezone(UTC)
 
@@ -90,7 +91,7 @@ def scheduled_config(root: str, at: datetime) -> dict[str, Any] | None:
     from position_pipeline.defs.resources import LakeResource
 
     context = dg.build_schedule_context(scheduled_execution_time=at, resources={"lake": LakeResource(root_uri=root)})
-    requests = upkeep.table_upkeep_schedule.evaluate_tick(context).run_requests or []
+    requests = table_upkeep_schedule.evaluate_tick(context).run_requests or []
     if not requests:
         return None
     return dict(requests[0].run_config.get("ops", {}).get("upkeep_tables", {}).get("config", {}))
@@ -125,7 +126,7 @@ def lane(root: str, batches: int, with_upkeep: bool) -> None:
                 else:
                     note_most()
                     started = time.perf_counter()
-                    metadata = run_upkeep(log, upkeep.UpkeepConfig(**config), root)
+                    metadata = run_upkeep(log, UpkeepConfig(**config), root)
                     upkeep_seconds += time.perf_counter() - started
                     runs[metadata["upkeep"]] += 1
                 due = next(ticks)
@@ -178,7 +179,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "batches": batches,
         "items_per_batch": BATCH_SIZE,
         "simulated_minutes": batches * SENSOR_SECONDS / 60,
-        "schedule": str(upkeep.table_upkeep_schedule.cron_schedule),
+        "schedule": str(table_upkeep_schedule.cron_schedule),
         "target_files": TARGET_FILES,
         "seconds": round(seconds, 1),
         **{name.replace(" ", "_"): result for name, result in results.items()},

@@ -1,4 +1,4 @@
-"""Asset checks that show in the UI whether the pipeline is healthy, and the job and schedule that run them.
+"""Asset checks that show in the UI whether the pipeline is healthy (their job is in jobs.py, schedule in schedules.py).
 
 Four checks, each a `@dg.asset_check` around an evaluation in `core/health.py` (a plain function of the lake's
 tables and an explicit `now`): the check passes the current time and its config, and `check_result` shows the
@@ -33,9 +33,6 @@ from position_pipeline.core.leases import CLAIM_LEASE_SECONDS
 from position_pipeline.defs.assets import position_queue, position_updates
 from position_pipeline.defs.metadata import markdown_table
 from position_pipeline.defs.resources import LakeResource
-
-CHECKS_JOB_NAME = "position_checks"
-CHECKS_CRON = "*/5 * * * *"
 
 
 def check_result(outcome: HealthOutcome) -> dg.AssetCheckResult:
@@ -155,20 +152,3 @@ def fresh_while_pending(config: FreshnessConfig, lake: LakeResource) -> dg.Asset
 
 
 ASSET_CHECKS = [no_duplicate_request_ids, no_expired_claims, failed_share_last_hour, fresh_while_pending]
-
-position_checks_job = dg.define_asset_job(
-    CHECKS_JOB_NAME,
-    selection=dg.AssetSelection.checks(*ASSET_CHECKS),
-    executor_def=dg.in_process_executor,
-    description="Runs the queue's and position_updates' health checks; results show on each asset's Checks tab.",
-    tags={"pipeline": CHECKS_JOB_NAME},
-)
-
-position_checks_schedule = dg.ScheduleDefinition(
-    name="position_checks_every_5_minutes",
-    job=position_checks_job,
-    cron_schedule=CHECKS_CRON,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Runs the health checks every 5 minutes, so a stalled or failing pipeline shows in the UI.",
-)

@@ -11,14 +11,10 @@ import pytest
 
 from position_pipeline.core.queue import PositionQueue
 from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
-from position_pipeline.defs.checks import (
-    ASSET_CHECKS,
-    CHECKS_JOB_NAME,
-    no_expired_claims,
-    position_checks_job,
-    position_checks_schedule,
-)
+from position_pipeline.defs.checks import ASSET_CHECKS, no_expired_claims
+from position_pipeline.defs.jobs import CHECKS_JOB_NAME, position_checks_job
 from position_pipeline.defs.resources import IBResource, LakeResource
+from position_pipeline.defs.schedules import position_checks_schedule
 from position_pipeline_tests.support.lake_tables import append_rows
 
 pytestmark = pytest.mark.timeout(60)

@@ -23,9 +23,10 @@ from position_pipeline.core.maintenance import COMPACT_MIN_SMALL_FILES, run_upke
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.core.queue_archive import archive_succeeded, archive_uri
 from position_pipeline.definitions import defs
-from position_pipeline.defs.jobs import position_sync_job
+from position_pipeline.defs.jobs import position_sync_job, table_upkeep
 from position_pipeline.defs.resources import LakeResource
-from position_pipeline.defs.upkeep import FULL_UPKEEP_MINUTE, UpkeepConfig, table_upkeep, table_upkeep_schedule
+from position_pipeline.defs.schedules import FULL_UPKEEP_MINUTE, table_upkeep_schedule
+from position_pipeline.defs.upkeep import UpkeepConfig
 from position_pipeline_tests.support import REPO
 from position_pipeline_tests.support.lake_tables import (
     DAY,
