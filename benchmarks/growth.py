@@ -7,7 +7,7 @@ assets call (`benchmarks.batch_cost.sync_batch`: claim, one IB read of a simulat
 client, one append with the Delta IO manager's `write_deltalake` call, write-back), leaving out only the reads that
 write nothing. Every commit is the one a run makes. Before each batch a producer queues its 50 items in one insert.
 
-Two lakes take the same batches, one without upkeep and one with `upkeep.run_upkeep` run whenever the production
+Two lakes take the same batches, one without upkeep and one with `run_upkeep` run whenever the production
 schedule (`table_upkeep_schedule`, evaluated against the lake at that moment for its run config or skip) asks for it.
 Each lake runs in a child process of its own with its own simulated gateway, both at once (one per core). The batches
 come as fast as they can, but the schedule follows the clock of a sensor at its 5-second cadence: batch n happens at
@@ -36,8 +36,10 @@ import dagster as dg
 
 from benchmarks import report
 from position_pipeline.core import lake
-from position_pipeline.defs import upkeep
+from position_pipeline.core.maintenance import run_upkeep, table_state
 from position_pipeline.defs.dagster_internals import cron_string_iterator
+from position_pipeline.defs.schedules import table_upkeep_schedule
+from position_pipeline.defs.upkeep import UpkeepConfig
 
 NAME = "growth"
 BATCHES, QUICK_BATCHES = 1_000, 150
@@ -67,7 +69,7 @@ class Files:
 def files(root: str, table: str) -> Files:
     """Data files in the table's current version, Parquet files under its folder, and its `_delta_log`."""
     uri = Path(lake.table_uri(root, table))
-    state = upkeep.table_state(str(uri))
+    state = table_state(str(uri))
     log_entries = [p for p in (uri / "_delta_log").rglob("*") if p.is_file()]
     return Files(
         active=state.files if state else 0,
@@ -79,7 +81,7 @@ def files(root: str, table: str) -> Files:
 
 def schedule_ticks(start: datetime) -> Iterator[datetime]:
     """When the upkeep schedule ticks after `start`."""
-    for tick in cron_string_iterator(start.timestamp(), str(upkeep.table_upkeep_schedule.cron_schedule), "UTC"):
+    for tick in cron_string_iterator(start.timestamp(), str(table_upkeep_schedule.cron_schedule), "UTC"):
         if tick.astimezone(UTC) > start:
             yield tick.astimezone(UTC)
 
@@ -89,7 +91,7 @@ def scheduled_config(root: str, at: datetime) -> dict[str, Any] | None:
     from position_pipeline.defs.resources import LakeResource
 
     context = dg.build_schedule_context(scheduled_execution_time=at, resources={"lake": LakeResource(root_uri=root)})
-    requests = upkeep.table_upkeep_schedule.evaluate_tick(context).run_requests or []
+    requests = table_upkeep_schedule.evaluate_tick(context).run_requests or []
     if not requests:
         return None
     return dict(requests[0].run_config.get("ops", {}).get("upkeep_tables", {}).get("config", {}))
@@ -124,7 +126,7 @@ def lane(root: str, batches: int, with_upkeep: bool) -> None:
                 else:
                     note_most()
                     started = time.perf_counter()
-                    metadata = upkeep.run_upkeep(log, upkeep.UpkeepConfig(**config), root)
+                    metadata = run_upkeep(log, UpkeepConfig(**config), root)
                     upkeep_seconds += time.perf_counter() - started
                     runs[metadata["upkeep"]] += 1
                 due = next(ticks)
@@ -177,7 +179,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "batches": batches,
         "items_per_batch": BATCH_SIZE,
         "simulated_minutes": batches * SENSOR_SECONDS / 60,
-        "schedule": str(upkeep.table_upkeep_schedule.cron_schedule),
+        "schedule": str(table_upkeep_schedule.cron_schedule),
         "target_files": TARGET_FILES,
         "seconds": round(seconds, 1),
         **{name.replace(" ", "_"): result for name, result in results.items()},

@@ -29,8 +29,8 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable, write_deltalake
 
-from position_pipeline.cli.positions import latest_positions, output_schema
 from position_pipeline.core import lake
+from position_pipeline.core.positions import latest_positions, output_schema
 
 ACCOUNTS = ("DU1000001", "DU1000002", "DU1000003")
 FIRST_DAY = date(2026, 5, 1)

@@ -167,7 +167,8 @@ def measure(root: str, scratch: Path, port: int, claims: int, queued_at: datetim
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     """Build the queue, measure, run upkeep, measure again; print and return the figures."""
-    from position_pipeline.defs.upkeep import UpkeepConfig, run_upkeep, table_state
+    from position_pipeline.core.maintenance import run_upkeep, table_state
+    from position_pipeline.defs.upkeep import UpkeepConfig
 
     claims = QUICK_CLAIMS if quick else CLAIMS
     now = datetime.now(UTC)

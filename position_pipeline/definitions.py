@@ -5,12 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
-from position_pipeline.defs.checks import ASSET_CHECKS, position_checks_job, position_checks_schedule
-from position_pipeline.defs.jobs import position_sync_job
+from position_pipeline.defs.checks import ASSET_CHECKS
+from position_pipeline.defs.jobs import position_checks_job, position_sync_job, purge_run_history, table_upkeep
 from position_pipeline.defs.resources import build_resources
-from position_pipeline.defs.run_retention import purge_run_history, purge_run_history_schedule
+from position_pipeline.defs.schedules import position_checks_schedule, purge_run_history_schedule, table_upkeep_schedule
 from position_pipeline.defs.sensors import position_sync_sensor
-from position_pipeline.defs.upkeep import table_upkeep, table_upkeep_schedule
 
 defs = dg.Definitions(
     assets=[position_queue, queued_positions, ib_snapshot, position_updates],

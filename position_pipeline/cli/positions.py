@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING, Any
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake, table_exists
 from position_pipeline.cli.output import count, grid
-from position_pipeline.core.positions import AGE, latest_positions, output_schema
+from position_pipeline.core.positions import AGE, latest_positions
 from position_pipeline.core.time_text import age_text, iso_microseconds, iso_seconds
 
 if TYPE_CHECKING:
     import polars as pl
 
     from position_pipeline.cli.parser import Subcommands
-
-# Imported from here by callers that predate core/positions.py (defs/checks.py: age_text; benchmarks, system tests).
-__all__ = ["add_arguments", "age_text", "latest_positions", "output_schema", "run", "to_csv", "to_json", "to_table"]
 
 FORMATS = ("table", "csv", "json")
 _EXAMPLE_TIME = "2026-11-24T15:00:00Z"

@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake
 from position_pipeline.cli.output import age, count, grid, indent, one_line, thousands
-from position_pipeline.core.status import (  # collect_status and its types: imported from here by callers
+from position_pipeline.core.status import (
     RECENT_FAILURES,
-    Batch,
-    FailedItem,
     Status,
     TableStats,
     collect_status,
@@ -27,8 +25,6 @@ from position_pipeline.core.time_text import iso_seconds
 
 if TYPE_CHECKING:
     from position_pipeline.cli.parser import Subcommands
-
-__all__ = ["Batch", "FailedItem", "Status", "TableStats", "add_arguments", "collect_status", "format_text", "run"]
 
 _PRIORITY_NAMES = {int(p): p.name.lower() for p in Priority}
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 
-def utc(value: datetime | None) -> datetime:
-    """`value` in UTC (the current time for None); a naive datetime is refused rather than guessed."""
+def utc(value: datetime | None, name: str | None = None) -> datetime:
+    """`value` in UTC (the current time for None); a naive datetime is refused rather than guessed, and the error
+    names the argument `name` when given."""
     if value is None:
         return datetime.now(UTC)
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
+        what = f"{name} must be timezone-aware" if name else "expected a timezone-aware datetime"
+        raise ValueError(f"{what}, got {value!r}")
     return value.astimezone(UTC)
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the command tests: a lake under tmp_path, its queue, and `call`, the command run in this process."""
+"""Fixtures of the command tests: the lake root as a Path, and `call`, the command run in this process."""
 
 from __future__ import annotations
 
@@ -8,23 +8,13 @@ from pathlib import Path
 import pytest
 
 from position_pipeline.cli import main as cli
-from position_pipeline.core.queue import PositionQueue
-from position_pipeline_tests.cli.command_runs import Result, queue_uri
+from position_pipeline_tests.cli.command_runs import Result
 
 
 @pytest.fixture
-def lake_root(tmp_path: Path) -> Path:
-    return tmp_path / "lake"
-
-
-@pytest.fixture
-def uri(lake_root: Path) -> str:
-    return queue_uri(lake_root)
-
-
-@pytest.fixture
-def queue(uri: str) -> PositionQueue:
-    return PositionQueue(uri)
+def lake_root(root: str) -> Path:
+    """The shared `root` fixture as a Path (the commands take it as --lake or POSITION_LAKE_URI)."""
+    return Path(root)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,19 +16,12 @@ from deltalake import DeltaTable
 
 from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
-from position_pipeline.defs.assets import ib_snapshot, position_updates, queued_positions
 from position_pipeline.defs.backfill import SYNC_ASSET_KEYS, launch_backfill, partition_range
 from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
-from position_pipeline_tests.defs.test_pipeline_assets import ASSETS, resources
+from position_pipeline_tests.support.sync_runs import ASSETS, SYNC, sim_resources
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 def run_range(
@@ -37,8 +29,8 @@ def run_range(
 ) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         ASSETS,
-        selection=[queued_positions, ib_snapshot, position_updates],
-        resources=resources(root, sim),
+        selection=SYNC,
+        resources=sim_resources(root, sim),
         instance=instance,
         tags=partition_range_tags(hour_key(first), hour_key(last)),
     )

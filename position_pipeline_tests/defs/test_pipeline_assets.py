@@ -3,9 +3,7 @@ simulated gateway. Checks values, write-back, exactly-once after a crash, and wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -17,34 +15,22 @@ from position_pipeline.core.ib_reader import HeldPosition, IBSnapshot
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.core.sync import position_update_rows, snapshot_results
 from position_pipeline.definitions import defs
-from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
 from position_pipeline.defs.partitions import hour_key, partition_range_tags
-from position_pipeline.defs.resources import IBResource, build_resources
+from position_pipeline.defs.resources import IBResource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline_tests.support.sync_runs import ASSETS, SYNC, sim_resources
 
 pytestmark = pytest.mark.timeout(120)
-ASSETS = [position_queue, queued_positions, ib_snapshot, position_updates]
-
-
-@pytest.fixture
-def lake_root(tmp_path: Path) -> str:
-    return str(tmp_path / "lake")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 def run_sync(
-    lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance, batch_size: int = 50, **ib: object
+    root: str, sim: GatewayThread, instance: dg.DagsterInstance, batch_size: int = 50, **ib: object
 ) -> dg.ExecuteInJobResult:
     """One run over the last two hour partitions, so an item queued just before an hour turned is still taken."""
     return dg.materialize(
         ASSETS,
-        selection=[queued_positions, ib_snapshot, position_updates],
-        resources=build_resources(lake_root, IBResource(port=sim.port, request_timeout=2, connect_timeout=3, **ib)),
+        selection=SYNC,
+        resources=sim_resources(root, sim, **ib),
         instance=instance,
         run_config=dg.RunConfig({"queued_positions": {"config": {"batch_size": batch_size}}}),
         tags=partition_range_tags(hour_key(datetime.now(UTC) - timedelta(hours=1)), hour_key(datetime.now(UTC))),
@@ -59,8 +45,8 @@ def enqueue_held(queue: PositionQueue, state: GatewayState, count: int) -> list[
     )
 
 
-def updates(lake_root: str) -> pl.DataFrame:
-    return pl.from_arrow(DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())  # type: ignore[return-value]
+def updates(root: str) -> pl.DataFrame:
+    return pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())  # type: ignore[return-value]
 
 
 def test_definitions_load_and_resolve() -> None:
@@ -71,16 +57,16 @@ def test_definitions_load_and_resolve() -> None:
 
 
 def test_a_batch_is_written_once_with_the_simulators_values(
-    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     ids = enqueue_held(queue, sim_state, 40)
     unknown = queue.insert(99_999_999, "NOPE")
 
-    result = run_sync(lake_root, sim, instance)
+    result = run_sync(root, sim, instance)
     assert result.success
 
-    rows = updates(lake_root)
+    rows = updates(root)
     assert sorted(rows["request_id"].to_list()) == sorted(ids)
     for row in rows.iter_rows(named=True):
         holding = sim_state.holding(row["account"], row["conid"])
@@ -113,7 +99,7 @@ def test_a_batch_is_written_once_with_the_simulators_values(
     metadata = materialization.metadata
     assert metadata["claimed"].value == 41
     assert metadata["succeeded"].value == 40 and metadata["failed"].value == 1
-    assert metadata["table_version"].value == DeltaTable(lake.table_uri(lake_root, "position_updates")).version()
+    assert metadata["table_version"].value == DeltaTable(lake.table_uri(root, "position_updates")).version()
     assert "batch_seconds" in metadata and "preview" in metadata
     writeback = [
         e.event_specific_data.materialization  # type: ignore[union-attr]
@@ -128,26 +114,26 @@ def test_a_batch_is_written_once_with_the_simulators_values(
 
 
 def test_one_commit_per_batch_and_partitioned_by_date(
-    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     enqueue_held(queue, sim_state, 30)
-    assert run_sync(lake_root, sim, instance, batch_size=10).success
-    assert run_sync(lake_root, sim, instance, batch_size=10).success
-    table = DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE))
+    assert run_sync(root, sim, instance, batch_size=10).success
+    assert run_sync(root, sim, instance, batch_size=10).success
+    table = DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE))
     writes = [h for h in table.history() if h["operation"] == "WRITE"]
     assert len(writes) == 2  # one append per batch, never one per item
     assert table.metadata().partition_columns == ["snapshot_date"]
-    assert updates(lake_root).height == 20
+    assert updates(root).height == 20
 
 
 def test_gateway_down_fails_the_run_with_what_to_do_and_loses_nothing(
-    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     ids = enqueue_held(queue, sim_state, 5)
     sim.call(lambda gw: gw.go_down(30))
-    result = run_sync(lake_root, sim, instance)
+    result = run_sync(root, sim, instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.message  # type: ignore[union-attr]
@@ -158,49 +144,49 @@ def test_gateway_down_fails_the_run_with_what_to_do_and_loses_nothing(
 
 
 def test_a_crash_after_the_append_never_writes_a_second_row(
-    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
     """Simulates a worker killed between the IO manager's append and the write-back, then the retry."""
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     ids = enqueue_held(queue, sim_state, 6)
     first = queue.claim(2, 50, claimed_by="dead-run")
     resource = IBResource(port=sim.port)
     snapshot = resource.read_snapshot(first["conid"].to_list(), "dead-run")
     rows = position_update_rows(snapshot_results(first, snapshot), "dead-run")
-    write_deltalake(lake.ensure_position_updates_table(lake_root), rows.to_arrow(), mode="append")
+    write_deltalake(lake.ensure_position_updates_table(root), rows.to_arrow(), mode="append")
     assert queue.release_runs(["dead-run"]) == 6  # what the sensor does once Dagster reports the run finished
 
-    result = run_sync(lake_root, sim, instance)
+    result = run_sync(root, sim, instance)
     assert result.success
-    table = updates(lake_root)
+    table = updates(root)
     assert table.height == 6 and sorted(table["request_id"].to_list()) == sorted(ids)
     assert set(table["run_id"].to_list()) == {"dead-run"}
     assert set(queue.read()["status"].to_list()) == {QueueStatus.SUCCESS}
 
 
 def test_an_empty_queue_makes_an_empty_run_without_touching_ib(
-    lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance
+    root: str, sim: GatewayThread, instance: dg.DagsterInstance
 ) -> None:
-    result = run_sync(lake_root, sim, instance)
+    result = run_sync(root, sim, instance)
     assert result.success
     assert not [r for r in sim.requests() if r.name == "START_API"]
 
 
 def test_a_position_closed_today_is_a_row_with_quantity_zero(
-    lake_root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
     holding = next(h for h in sim_state.positions() if h.contract.sec_type == "STK")
     sim.call(lambda gw: gw.close_position(holding.account, holding.contract.conid))
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     request_id = queue.insert(holding.contract.conid, holding.contract.symbol, account=holding.account)
-    assert run_sync(lake_root, sim, instance).success
-    row = updates(lake_root).row(0, named=True)
+    assert run_sync(root, sim, instance).success
+    row = updates(root).row(0, named=True)
     assert (row["request_id"], row["position"], row["market_value"]) == (request_id, 0.0, 0.0)
 
 
-def test_a_run_that_lost_its_claims_writes_nothing(lake_root: str) -> None:
+def test_a_run_that_lost_its_claims_writes_nothing(root: str) -> None:
     """What position_updates checks before its append: the claim is still this run's."""
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     ids = queue.insert_many([(265598, "AAPL"), (101000, "MSFT")])
     queue.claim(None, 10, claimed_by="run-a")
     assert queue.held_by(ids, "run-a") == set(ids)
@@ -210,30 +196,30 @@ def test_a_run_that_lost_its_claims_writes_nothing(lake_root: str) -> None:
     assert queue.held_by(ids, "run-b") == set(ids)
 
 
-def test_an_empty_batch_writes_no_commit(lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+def test_an_empty_batch_writes_no_commit(root: str, sim: GatewayThread, instance: dg.DagsterInstance) -> None:
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     enqueue_held(queue, sim.call(lambda gw: gw.state), 3)
-    assert run_sync(lake_root, sim, instance).success
-    version = DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE)).version()
-    result = run_sync(lake_root, sim, instance)
+    assert run_sync(root, sim, instance).success
+    version = DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version()
+    result = run_sync(root, sim, instance)
     assert result.success
-    assert DeltaTable(lake.table_uri(lake_root, lake.POSITION_UPDATES_TABLE)).version() == version
+    assert DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version() == version
     metadata = result.asset_materializations_for_node("position_updates")[0].metadata
     assert metadata["rows_written"].value == 0 and metadata["table_version"].value == version
 
 
 def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_written(
-    lake_root: str, sim: GatewayThread, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+    root: str, sim: GatewayThread, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run that stalled past its fence may have lost its items to another run: it must not append them."""
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     ids = enqueue_held(queue, sim.call(lambda gw: gw.state), 3)
     monkeypatch.setattr("position_pipeline.core.write_plan.WRITE_FENCE_SECONDS", -1)  # every claim is already too old
-    result = run_sync(lake_root, sim, instance)
+    result = run_sync(root, sim, instance)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "write fence" in str(failure.step_failure_data.error)  # type: ignore[union-attr]
-    assert updates(lake_root).is_empty()
+    assert updates(root).is_empty()
     assert set(queue.read().filter(pl.col("request_id").is_in(ids))["status"].to_list()) == {"PENDING"}
     assert queue.claims_by_run() == {}
 

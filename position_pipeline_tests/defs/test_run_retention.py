@@ -1,7 +1,6 @@
 """purge_runs and the purge_run_history job on a real SQLite instance, with runs made by executing a real job."""
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,12 +45,6 @@ def tiny_step(context: dg.OpExecutionContext, config: TinyConfig) -> int:
 @dg.job(executor_def=dg.in_process_executor)
 def tiny_job() -> None:
     tiny_step()
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
 
 
 def run_tiny(instance: dg.DagsterInstance, *, fail: bool = False, tags: dict[str, str] | None = None) -> str:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -21,23 +19,8 @@ from position_pipeline.defs.resources import LakeResource
 from position_pipeline.defs.sensors import position_sync_sensor
 
 
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
-
-
-@pytest.fixture
-def lake_root(tmp_path: Path) -> str:
-    return str(tmp_path / "lake")
-
-
-def evaluate(
-    instance: dg.DagsterInstance, lake_root: str, cursor: str | None = None
-) -> dg.SensorResult | dg.SkipReason:
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"lake": LakeResource(root_uri=lake_root)}
-    )
+def evaluate(instance: dg.DagsterInstance, root: str, cursor: str | None = None) -> dg.SensorResult | dg.SkipReason:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource(root_uri=root)})
     return position_sync_sensor(context)  # type: ignore[return-value]
 
 
@@ -48,79 +31,77 @@ def add_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, job_name:
     return run.run_id
 
 
-def test_skips_with_a_reason_when_the_queue_is_empty(instance: dg.DagsterInstance, lake_root: str) -> None:
-    result = evaluate(instance, lake_root)
+def test_skips_with_a_reason_when_the_queue_is_empty(instance: dg.DagsterInstance, root: str) -> None:
+    result = evaluate(instance, root)
     assert isinstance(result, dg.SkipReason)
     assert "no claimable items" in (result.skip_message or "")
 
 
-def test_requests_one_run_with_a_new_run_key_and_cursor(instance: dg.DagsterInstance, lake_root: str) -> None:
-    PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
-    version = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).version()
-    first = evaluate(instance, lake_root)
+def test_requests_one_run_with_a_new_run_key_and_cursor(instance: dg.DagsterInstance, root: str) -> None:
+    PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
+    version = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)).version()
+    first = evaluate(instance, root)
     assert isinstance(first, dg.SensorResult)
     assert [r.run_key for r in first.run_requests or []] == [f"sync-1-v{version}"]
     assert json.loads(first.cursor or "") == {"tick": 1}
-    second = evaluate(instance, lake_root, cursor=first.cursor)
+    second = evaluate(instance, root, cursor=first.cursor)
     assert isinstance(second, dg.SensorResult)
     assert [r.run_key for r in second.run_requests or []] == [f"sync-2-v{version}"]
-    replay = evaluate(instance, lake_root, cursor=first.cursor)  # a tick evaluated again gets the same key
+    replay = evaluate(instance, root, cursor=first.cursor)  # a tick evaluated again gets the same key
     assert isinstance(replay, dg.SensorResult)
     assert [r.run_key for r in replay.run_requests or []] == [f"sync-2-v{version}"]
 
 
-def test_a_reset_cursor_does_not_reuse_old_run_keys(instance: dg.DagsterInstance, lake_root: str) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+def test_a_reset_cursor_does_not_reuse_old_run_keys(instance: dg.DagsterInstance, root: str) -> None:
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     queue.insert(265598, "AAPL")
-    before = evaluate(instance, lake_root)
+    before = evaluate(instance, root)
     queue.insert(101000, "MSFT")  # the queue moved on: any later run key differs, whatever the cursor says
-    after_reset = evaluate(instance, lake_root, cursor=None)
+    after_reset = evaluate(instance, root, cursor=None)
     assert isinstance(before, dg.SensorResult) and isinstance(after_reset, dg.SensorResult)
     assert before.run_requests[0].run_key != after_reset.run_requests[0].run_key  # type: ignore[index]
 
 
-def test_priority_1_items_are_picked_up(instance: dg.DagsterInstance, lake_root: str) -> None:
-    PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL", priority=1)
-    assert isinstance(evaluate(instance, lake_root), dg.SensorResult)
+def test_priority_1_items_are_picked_up(instance: dg.DagsterInstance, root: str) -> None:
+    PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)).insert(265598, "AAPL", priority=1)
+    assert isinstance(evaluate(instance, root), dg.SensorResult)
 
 
-def test_backs_off_after_failed_sync_runs(instance: dg.DagsterInstance, lake_root: str) -> None:
-    PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
+def test_backs_off_after_failed_sync_runs(instance: dg.DagsterInstance, root: str) -> None:
+    PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
     run_id = add_run(instance, dg.DagsterRunStatus.NOT_STARTED)
     instance.report_run_failed(instance.get_run_by_id(run_id))  # type: ignore[arg-type]
-    result = evaluate(instance, lake_root)
+    result = evaluate(instance, root)
     assert isinstance(result, dg.SkipReason)
     assert "the last 1 sync run(s) failed" in (result.skip_message or "") and run_id in (result.skip_message or "")
 
 
 @pytest.mark.parametrize("status", [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED])
 def test_never_requests_a_run_while_a_sync_run_is_queued_or_running(
-    instance: dg.DagsterInstance, lake_root: str, status: dg.DagsterRunStatus
+    instance: dg.DagsterInstance, root: str, status: dg.DagsterRunStatus
 ) -> None:
-    PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
+    PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
     run_id = add_run(instance, status)
-    result = evaluate(instance, lake_root)
+    result = evaluate(instance, root)
     assert isinstance(result, dg.SkipReason)
     assert run_id in (result.skip_message or "") and status.value in (result.skip_message or "")
 
 
-def test_runs_of_other_jobs_do_not_block(instance: dg.DagsterInstance, lake_root: str) -> None:
-    PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
+def test_runs_of_other_jobs_do_not_block(instance: dg.DagsterInstance, root: str) -> None:
+    PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)).insert(265598, "AAPL")
     add_run(instance, dg.DagsterRunStatus.STARTED, job_name="some_other_job")
-    assert isinstance(evaluate(instance, lake_root), dg.SensorResult)
+    assert isinstance(evaluate(instance, root), dg.SensorResult)
 
 
-def test_gives_back_the_claims_of_runs_that_ended_without_writing_back(
-    instance: dg.DagsterInstance, lake_root: str
-) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+def test_gives_back_the_claims_of_runs_that_ended_without_writing_back(instance: dg.DagsterInstance, root: str) -> None:
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     queue.insert_many([(265598, "AAPL"), (101000, "MSFT"), (102000, "NVDA")])
     dead = add_run(instance, dg.DagsterRunStatus.FAILURE)
     alive = add_run(instance, dg.DagsterRunStatus.SUCCESS)
     past_max_runtime = datetime.now(UTC) - timedelta(seconds=MAX_RUNTIME_SECONDS + 5)
     queue.claim(2, 2, claimed_by=dead, now=past_max_runtime)
     queue.claim(2, 1, claimed_by=alive, now=past_max_runtime)
-    result = evaluate(instance, lake_root)
+    result = evaluate(instance, root)
     # the failed run's two items are PENDING again and a run is requested for them; the SUCCESS run's item is
     # released too: a finished run holds no claim legitimately
     assert isinstance(result, dg.SensorResult)
@@ -130,38 +111,38 @@ def test_gives_back_the_claims_of_runs_that_ended_without_writing_back(
 
 
 def test_keeps_a_finished_runs_claims_until_they_are_past_its_write_fence(
-    instance: dg.DagsterInstance, lake_root: str
+    instance: dg.DagsterInstance, root: str
 ) -> None:
     """Reported finished is not proof the worker stopped: until the claim is MAX_RUNTIME_SECONDS old (its write fence
     plus two minutes) the run could still append, so the items must not go to another run yet."""
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     queue.insert_many([(265598, "AAPL"), (101000, "MSFT")])
     terminated = add_run(instance, dg.DagsterRunStatus.CANCELED)
     queue.claim(2, 1, claimed_by=terminated, now=datetime.now(UTC) - timedelta(seconds=WRITE_FENCE_SECONDS + 60))
-    result = evaluate(instance, lake_root)
+    result = evaluate(instance, root)
     assert queue.claims_by_run() == {terminated: 1}
     assert isinstance(result, dg.SensorResult)  # for the other item
     assert WRITE_FENCE_SECONDS + 60 < MAX_RUNTIME_SECONDS < CLAIM_LEASE_SECONDS
 
 
-def test_keeps_the_claims_of_a_run_still_in_progress(instance: dg.DagsterInstance, lake_root: str) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+def test_keeps_the_claims_of_a_run_still_in_progress(instance: dg.DagsterInstance, root: str) -> None:
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     queue.insert(265598, "AAPL")
     running = add_run(instance, dg.DagsterRunStatus.STARTED)
     queue.claim(2, 1, claimed_by=running)
-    assert isinstance(evaluate(instance, lake_root), dg.SkipReason)
+    assert isinstance(evaluate(instance, root), dg.SkipReason)
     assert queue.claims_by_run() == {running: 1}
 
 
 def test_requests_the_hour_partition_of_the_next_claimable_item_with_a_sensor_sized_batch(
-    instance: dg.DagsterInstance, lake_root: str
+    instance: dg.DagsterInstance, root: str
 ) -> None:
     """Items of past hours are picked up without an operator: the run is for their hour, priority 1 first."""
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     now = datetime.now(UTC)
     queue.insert_many([(265598, "AAPL")], queued_at=now - timedelta(hours=5))
     queue.insert_many([(272093, "MSFT", 1)], queued_at=now - timedelta(hours=2))
-    result = evaluate(instance, lake_root)
+    result = evaluate(instance, root)
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests or []
     assert request.partition_key == hour_key(now - timedelta(hours=2))  # priority 1 first
@@ -169,7 +150,7 @@ def test_requests_the_hour_partition_of_the_next_claimable_item_with_a_sensor_si
 
     claimed = queue.claim(1, 10, claimed_by="run-1")
     assert queue.mark_success(claimed["request_id"].to_list(), claimed_by="run-1") == 1
-    [request] = evaluate(instance, lake_root, cursor=result.cursor).run_requests or []  # type: ignore[union-attr]
+    [request] = evaluate(instance, root, cursor=result.cursor).run_requests or []  # type: ignore[union-attr]
     assert request.partition_key == hour_key(now - timedelta(hours=5))
 
 
@@ -189,14 +170,14 @@ def test_items_queued_before_the_first_partition_or_in_a_future_hour_map_to_exis
 
 
 def test_gives_back_claims_older_than_the_lease_even_when_the_run_is_unknown(
-    instance: dg.DagsterInstance, lake_root: str
+    instance: dg.DagsterInstance, root: str
 ) -> None:
-    queue = PositionQueue(lake.table_uri(lake_root, lake.QUEUE_TABLE))
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     queue.insert_many([(265598, "AAPL"), (272093, "MSFT")])
     long_ago = datetime.now(UTC) - timedelta(seconds=CLAIM_LEASE_SECONDS + 60)
     queue.claim(None, 1, claimed_by="vanished-run", now=long_ago)
     queue.claim(None, 1, claimed_by="live-run")  # within the lease: kept
-    result = evaluate(instance, lake_root)
+    result = evaluate(instance, root)
     assert isinstance(result, dg.SensorResult)
     assert queue.claims_by_run() == {"live-run": 1}
     assert queue.counts()[QueueStatus.PENDING] == 1

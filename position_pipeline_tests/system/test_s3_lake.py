@@ -35,10 +35,10 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 from position_pipeline.cli import main as cli
-from position_pipeline.cli.positions import latest_positions
-from position_pipeline.cli.status import collect_status
 from position_pipeline.core import lake
+from position_pipeline.core.positions import latest_positions
 from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.core.status import collect_status
 from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
 from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.defs.resources import (

@@ -15,8 +15,9 @@ Invariants:
 
 No Dagster here: assets and producer programs call this package directly. Its modules, one job each: rules.py (the
 rules every read and MERGE applies, the retry policy and the order), inputs.py and arguments.py (validation),
-table.py and commits.py (the table and its commits), enqueue.py, reads.py, claims.py, legacy.py, and
-position_queue.py (the class that combines them).
+table.py and commits.py (the table and its commits), enqueue.py, reads.py, claims.py, legacy.py,
+position_queue.py (the class that combines them), and archive.py (SUCCESS items moved to position_queue_archive
+by table upkeep).
 """
 
 from position_pipeline.core.queue.arguments import utc_or_now

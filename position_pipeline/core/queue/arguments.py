@@ -10,17 +10,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from position_pipeline.core.queue.inputs import InputProblem, QueueInputError
+from position_pipeline.core.time_text import utc
 
 _INT32_MAX = 2**31 - 1
 
 
 def utc_or_now(now: datetime | None) -> datetime:
     """`now` as an aware UTC datetime (the current time for None); naive input is refused, not guessed."""
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError(f"now must be timezone-aware, got {now!r}")
-    return now.astimezone(UTC)
+    return utc(now, "now")
 
 
 def aware(name: str, moment: datetime) -> datetime:

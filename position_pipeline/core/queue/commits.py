@@ -61,3 +61,9 @@ def queue_commit_properties(operation: str, run: str | None, items: int) -> Comm
     if run is not None:
         metadata["queue_run"] = run
     return CommitProperties(custom_metadata=metadata, max_commit_retries=_DELTA_COMMIT_RETRIES)
+
+
+def upkeep_commit_properties(operation: str, items: int) -> CommitProperties:
+    """Commit metadata that makes each table's history say which upkeep step (archive, compact, vacuum) wrote a
+    version."""
+    return CommitProperties(custom_metadata={"upkeep_operation": operation, "upkeep_items": items})
