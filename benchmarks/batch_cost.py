@@ -124,7 +124,8 @@ def sync_batch(
     run_id: str | None = None,
     reads: bool = True,
 ) -> BatchSteps:
-    """One sync batch through the functions the three asset bodies call, in their order, without Dagster.
+    """One sync batch through the steps the three asset bodies take, in their order, without Dagster (the checks of
+    `core.write_plan.plan_write` spelled out one by one, so each can be timed or left out).
 
     queued_positions: `PositionQueue.claim` over the partition's window. ib_snapshot: `read_snapshot` (one connection,
     reqPositions at connect, reqAccountUpdates per account involved), `snapshot_results`. position_updates:

@@ -9,12 +9,12 @@ import dagster as dg
 import pytest
 
 from position_pipeline.core.queue import PositionQueue
-from position_pipeline.defs.assets import ib_snapshot, position_queue, position_updates, queued_positions
 from position_pipeline.defs.checks import ASSET_CHECKS, no_expired_claims
 from position_pipeline.defs.jobs import CHECKS_JOB_NAME, position_checks_job
-from position_pipeline.defs.resources import IBResource, LakeResource
+from position_pipeline.defs.resources import IBResource, build_resources
 from position_pipeline.defs.schedules import position_checks_schedule
 from position_pipeline_tests.support.lake_tables import append_rows
+from position_pipeline_tests.support.sync_runs import ASSETS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,17 +25,11 @@ MINUTE = timedelta(minutes=1)
 def check_defs(root: str) -> dg.Definitions:
     """The code location's assets (hourly-partitioned sync assets) with the checks, job and schedule added."""
     return dg.Definitions(
-        assets=[position_queue, queued_positions, ib_snapshot, position_updates],
+        assets=ASSETS,
         asset_checks=ASSET_CHECKS,
         jobs=[position_checks_job],
         schedules=[position_checks_schedule],
-        resources={
-            "lake": LakeResource(root_uri=root),
-            "ib": IBResource(),
-            # Nothing is materialized here: the check job selects no asset.
-            "delta_io_manager": dg.mem_io_manager,
-            "batch_io_manager": dg.mem_io_manager,
-        },
+        resources=build_resources(root, IBResource()),
     )
 
 

@@ -14,7 +14,6 @@ import polars as pl
 import pydantic
 import pytest
 import yaml
-from dagster._utils.schedules import cron_string_iterator
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
@@ -23,6 +22,7 @@ from position_pipeline.core.maintenance import COMPACT_MIN_SMALL_FILES, run_upke
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.core.queue.archive import archive_succeeded, archive_uri
 from position_pipeline.definitions import defs
+from position_pipeline.defs.dagster_internals import cron_string_iterator
 from position_pipeline.defs.jobs import position_sync_job, table_upkeep
 from position_pipeline.defs.resources import LakeResource
 from position_pipeline.defs.schedules import FULL_UPKEEP_MINUTE, table_upkeep_schedule
