@@ -19,6 +19,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline.core import lake
+from position_pipeline_tests.support.position_rows import position_update_row
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -138,33 +139,15 @@ def test_position_updates_schema() -> None:
 
 
 def _updates(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """Rows as the position_updates step emits them: a polars frame in POSITION_UPDATES_SCHEMA."""
-    defaults: dict[str, Any] = {
-        "conid": 265598,
-        "account": "DU1000001",
-        "symbol": "AAPL",
-        "sec_type": "STK",
-        "right": None,
-        "strike": None,
-        "expiry": None,
-        "multiplier": None,
-        "currency": "USD",
-        "local_symbol": "AAPL",
-        "position": 100.0,
-        "average_cost": 150.0,
-        "market_price": 190.0,
-        "market_value": 19_000.0,
-        "unrealized_pnl": 4_000.0,
-        "realized_pnl": 0.0,
-        "account_update_time": None,
-        "queued_at": datetime(2030, 1, 2, 9, 0, tzinfo=UTC),
-        "run_id": "run-1",
-    }
+    """Rows as the position_updates step emits them: a polars frame in POSITION_UPDATES_SCHEMA, each read at 14:30 UTC
+    on its snapshot_date, queued at 09:00 on 2030-01-02, by run-1, with no account update time."""
+    queued = datetime(2030, 1, 2, 9, 0, tzinfo=UTC)
     full = []
     for row in rows:
         day: date = row["snapshot_date"]
         at = datetime(day.year, day.month, day.day, 14, 30, tzinfo=UTC)
-        full.append({**defaults, "snapshot_at": at, **row})
+        defaults = {"snapshot_at": at, "queued_at": queued, "run_id": "run-1", "account_update_time": None}
+        full.append(position_update_row(**{**defaults, **row}))
     return pl.DataFrame(full, schema=lake.POSITION_UPDATES_SCHEMA)
 
 

@@ -11,6 +11,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue
+from position_pipeline_tests.support.position_rows import position_update_row
 
 NOW = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
 """A fixed moment for tests whose writes take `now`."""
@@ -52,30 +53,20 @@ def update_batch(day: date, batch: int, size: int = 3) -> pa.Table:
     """One small position_updates batch on `day`."""
     at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(minutes=batch)
     rows = [
-        {
-            "request_id": f"req-{day}-{batch}-{i}",
-            "conid": 1000 + i,
-            "account": "DU1000001",
-            "symbol": f"S{i}",
-            "sec_type": "STK",
-            "right": None,
-            "strike": None,
-            "expiry": None,
-            "multiplier": None,
-            "currency": "USD",
-            "local_symbol": f"S{i}",
-            "position": float(batch + i),
-            "average_cost": 10.0,
-            "market_price": 11.0,
-            "market_value": 11.0 * (batch + i),
-            "unrealized_pnl": 1.0 * (batch + i),
-            "realized_pnl": 0.0,
-            "account_update_time": f"{at:%H:%M}",
-            "queued_at": at - timedelta(seconds=4),
-            "snapshot_at": at,
-            "run_id": f"run-{batch}",
-            "snapshot_date": day,
-        }
+        position_update_row(
+            request_id=f"req-{day}-{batch}-{i}",
+            conid=1000 + i,
+            symbol=f"S{i}",
+            local_symbol=f"S{i}",
+            position=float(batch + i),
+            average_cost=10.0,
+            market_price=11.0,
+            market_value=11.0 * (batch + i),
+            unrealized_pnl=1.0 * (batch + i),
+            snapshot_at=at,
+            run_id=f"run-{batch}",
+            snapshot_date=day,
+        )
         for i in range(size)
     ]
     return pa.Table.from_pylist(rows, schema=lake.POSITION_UPDATES_ARROW_SCHEMA)

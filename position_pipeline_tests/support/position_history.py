@@ -3,7 +3,7 @@ append, with snapshot_date the UTC day of snapshot_at. Four batches over three U
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -11,6 +11,7 @@ import pytest
 from deltalake import write_deltalake
 
 from position_pipeline.core import lake
+from position_pipeline_tests.support.position_rows import position_update_row
 
 DU1, DU2 = "DU1000001", "DU1000002"
 AAPL, MSFT, SPY_PUT = 265598, 272093, 700001
@@ -33,32 +34,21 @@ def position_row(at: datetime, account: str, conid: int, position: float, **valu
     symbol = {AAPL: "AAPL", MSFT: "MSFT"}.get(conid, "SPY")
     price = values.pop("market_price", 190.0)
     known = 0.0 if price is None else price  # a closed position may come without a price
-    row: dict[str, Any] = {
-        "request_id": f"req-{account}-{conid}-{at:%d%H%M}",
-        "conid": conid,
-        "account": account,
-        "symbol": symbol,
-        "sec_type": "STK",
-        "right": None,
-        "strike": None,
-        "expiry": None,
-        "multiplier": None,
-        "currency": "USD",
-        "local_symbol": symbol,
-        "position": position,
-        "average_cost": 150.0,
-        "market_price": price,
-        "market_value": position * known,
-        "unrealized_pnl": position * (known - 150.0),
-        "realized_pnl": 0.0,
-        "account_update_time": f"{at:%H:%M}",
-        "queued_at": at - timedelta(seconds=4),
-        "snapshot_at": at,
-        "run_id": f"run-{at:%d%H%M}",
-        "snapshot_date": at.astimezone(UTC).date(),
-    }
-    row.update(values)
-    return row
+    return position_update_row(
+        **{
+            "request_id": f"req-{account}-{conid}-{at:%d%H%M}",
+            "conid": conid,
+            "account": account,
+            "symbol": symbol,
+            "local_symbol": symbol,
+            "position": position,
+            "market_price": price,
+            "market_value": position * known,
+            "unrealized_pnl": position * (known - 150.0),
+            "snapshot_at": at,
+            **values,
+        }
+    )
 
 
 def spy_put_row(at: datetime, position: float) -> dict[str, Any]:

@@ -1,0 +1,42 @@
+"""One position_updates row as a sync run writes it, for tests that build tables by hand: a US stock held in
+DU1000001, every column of the schema present, so a schema change is made once here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+AT = datetime(2030, 1, 2, 14, 30, tzinfo=UTC)
+"""When the default row was read from IB."""
+
+
+def position_update_row(**values: Any) -> dict[str, Any]:
+    """A full position_updates row: the defaults below, then `values`. `snapshot_at` sets the default queued_at
+    (4 s before), account update time (its HH:MM), run and snapshot_date unless `values` name them too."""
+    at: datetime = values.get("snapshot_at", AT)
+    row: dict[str, Any] = {
+        "request_id": f"req-{at:%d%H%M}",
+        "conid": 265598,
+        "account": "DU1000001",
+        "symbol": "AAPL",
+        "sec_type": "STK",
+        "right": None,
+        "strike": None,
+        "expiry": None,
+        "multiplier": None,
+        "currency": "USD",
+        "local_symbol": "AAPL",
+        "position": 100.0,
+        "average_cost": 150.0,
+        "market_price": 190.0,
+        "market_value": 19_000.0,
+        "unrealized_pnl": 4_000.0,
+        "realized_pnl": 0.0,
+        "account_update_time": f"{at:%H:%M}",
+        "queued_at": at - timedelta(seconds=4),
+        "snapshot_at": at,
+        "run_id": f"run-{at:%d%H%M}",
+        "snapshot_date": at.astimezone(UTC).date(),
+    }
+    row.update(values)
+    return row
