@@ -13,7 +13,7 @@ from position_pipeline.ib_gateway_sim import Contract, GatewayState, GatewayThre
 from position_pipeline_tests.support.waiting import run_bounded
 from position_pipeline_tests.support.waiting import wait_until_async as wait_until
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.tables, pytest.mark.timeout(90)]  # every test talks to a gateway on loopback
 
 
 async def connect(sim: GatewayThread, client_id: int = 1, timeout: float = 5.0, **kwargs: object) -> IB:

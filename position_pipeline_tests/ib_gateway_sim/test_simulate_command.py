@@ -19,7 +19,7 @@ from ib_async import IB
 
 from position_pipeline_tests.support.waiting import run_bounded
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]  # each test starts the command as a process
 COMMAND = [sys.executable, "-m", "position_pipeline", "simulate"]
 
 
