@@ -234,7 +234,7 @@ def test_gateway_down_refuses_connections_then_a_reconnect_succeeds(sim: Gateway
         await asyncio.wait_for(disconnected.wait(), 5)
         with pytest.raises(ConnectionRefusedError):
             await connect(sim, client_id=2)
-        await asyncio.sleep(1.7)
+        await wait_until(lambda: sim.call(lambda gw: gw.faults.down_until is None), 5, "the gateway listening again")
         again = await connect(sim)
         try:
             return len(await again.reqPositionsAsync())
@@ -329,7 +329,7 @@ def test_connectivity_lost_then_restored_data_maintained(sim: GatewayThread) -> 
             sim.call(lambda gw: gw.connectivity_lost())
             await wait_until(lambda: any(e[1] == 1100 for e in errors))
             pending = asyncio.ensure_future(ib.reqCurrentTimeAsync())
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # time enough for a reply that should not come
             held = not pending.done()
             sim.call(lambda gw: gw.connectivity_restored())
             await asyncio.wait_for(pending, 5)
@@ -354,7 +354,7 @@ def test_connectivity_restored_with_data_lost_drops_held_replies(sim: GatewayThr
             await wait_until(lambda: any(e[1] == 1100 for e in errors))
             sim.call(lambda gw: gw.connectivity_restored(data_lost=True))
             await wait_until(lambda: any(e[1] == 1101 for e in errors))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # time enough for a held reply that should have been dropped
             answered = pending.done()
             pending.cancel()
             return [code for _, code, _ in errors], answered
@@ -391,7 +391,7 @@ def test_pacing_violation_is_error_100_and_ib_async_throttling_avoids_it(sim: Ga
                 ib.client.MaxRequests = 0  # switch off ib_async's own 45 messages/s throttle
             for _ in range(70):
                 ib.client.reqCurrentTime()
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(2.5)  # the gateway's pacing window and then some: an error 100 would be in by then
             return [code for _, code, _ in errors]
         finally:
             ib.disconnect()
@@ -421,7 +421,7 @@ def test_account_updates_serve_one_account_across_clients(sim: GatewayThread) ->
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(b.reqAccountUpdatesAsync(accounts[1]), 1.0)
             a.client.reqAccountUpdates(False, accounts[0])
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: sim.call(lambda gw: not gw.hub.account_subscribers), 5, "a unsubscribed")
             await asyncio.wait_for(b.reqAccountUpdatesAsync(accounts[1]), 5)
             return [code for _, code, _ in errors]
         finally:

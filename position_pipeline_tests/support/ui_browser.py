@@ -18,8 +18,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,8 @@ from position_pipeline.core.queue import PositionQueue
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 from position_pipeline_tests.support import REPO
+from position_pipeline_tests.support.services import dagster_home, free_port, pipeline_env, wait_until_group_gone
+from position_pipeline_tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -131,20 +131,17 @@ class Stack:
         return answer["data"]  # type: ignore[no-any-return]
 
     def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
-        """Poll until `predicate` returns something truthy; fail with the dagster log's tail when it does not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dagster dev exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                result = predicate()
-            except OSError:  # the webserver is not answering yet
-                result = None  # type: ignore[assignment]
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:g} s; dagster dev log tail:\n{self.log_tail()}")
-            time.sleep(0.5)
+        """Poll until `predicate` returns something truthy (an OSError means the webserver is not answering yet);
+        fail at once if dagster dev exits, and with the dagster log's tail."""
+        return wait_until(
+            predicate,
+            timeout,
+            what,
+            process=self.process,
+            explain=lambda: "dagster dev log tail:\n" + self.log_tail(),
+            ignoring=(OSError,),
+            poll=0.5,
+        )
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
@@ -169,32 +166,17 @@ class Stack:
         return len(self.sync_runs(status)) >= count
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_stack(workdir: Path, startup_timeout: float = 60) -> Iterator[Stack]:
     """The gateway on a free port, then `dagster dev` on another; both stopped on exit (dagster's whole group)."""
-    home = workdir / "dagster_home"
-    home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(workdir / "dagster_home")
     root = str(workdir / "lake")
     state = GatewayState.generate(positions=90, accounts=3, seed=7)
     log_path = workdir / "dagster.log"
     with GatewayThread(lambda: SimulatedGateway(state, port=0, price_interval=None)) as gateway:
         port = free_port()
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            lake.LAKE_URI_VARIABLE: root,
-            "IB_HOST": gateway.host,
-            "IB_PORT": str(gateway.port),
-            "IB_CLIENT_ID": str(CLIENT_IDS.start),
-            "IB_CLIENT_ID_SPAN": str(len(CLIENT_IDS)),
-        }
+        env = pipeline_env(home, root, gateway.port, IB_HOST=gateway.host, IB_CLIENT_ID=str(CLIENT_IDS.start),
+                           IB_CLIENT_ID_SPAN=str(len(CLIENT_IDS)))  # fmt: skip
         command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", LOCATION, "-h", "127.0.0.1",
                    "-p", str(port)]  # fmt: skip
         with log_path.open("wb") as output:
@@ -220,20 +202,7 @@ def running_stack(workdir: Path, startup_timeout: float = 60) -> Iterator[Stack]
             yield stack
         finally:
             stop_process_group(process)
-            _wait_until_group_gone(process.pid)
-
-
-def _wait_until_group_gone(group: int, timeout: float = 15) -> None:
-    """The group's last members (run workers, code servers) exit a moment after `dagster dev` itself; wait for
-    them, and kill whatever is left after `timeout`."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            os.killpg(group, 0)
-            time.sleep(0.2)
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+            wait_until_group_gone(process.pid)
 
 
 def tour(workdir: Path, out: Path, chromium: str) -> Tour:

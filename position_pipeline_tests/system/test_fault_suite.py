@@ -428,7 +428,7 @@ def test_error_1100_during_a_run_then_1102(pipeline: Pipeline) -> None:
     # 1100 while the run reads, then 1102 (data maintained): the held replies arrive and the run completes.
     def lost_then_restored() -> None:
         p.sim.call(lambda gw: gw.connectivity_lost())
-        time.sleep(0.3)
+        time.sleep(0.3)  # the outage itself: the run's replies are held back this long
         p.sim.call(lambda gw: gw.connectivity_restored())
 
     restored = _when_reader_asks_for_positions(p.sim, lost_then_restored)
@@ -644,15 +644,17 @@ def test_four_producer_processes_enqueue_5000_items_while_runs_go_on(big_pipelin
             )
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while any(producer.poll() is None for producer in producers):
-            assert time.monotonic() < deadline, "producers still running after 90 s"
+
+        def producers_done_after_a_tick() -> bool:
+            """Whether every producer has exited; otherwise one sensor tick first, and the runs it requests."""
+            if all(producer.poll() is not None for producer in producers):
+                return True
             result = p.tick()
-            if isinstance(result, dg.SkipReason):
-                time.sleep(0.2)
-                continue
-            for request in result.run_requests or []:
+            for request in [] if isinstance(result, dg.SkipReason) else result.run_requests or []:
                 assert p.execute(request, batch_size=1000).success
+            return False
+
+        wait_until(producers_done_after_a_tick, 90, "producers finished", poll=0.2)  # poll: the sensor's pace
     finally:
         for producer in producers:
             if producer.poll() is None:
@@ -714,17 +716,17 @@ def test_a_backfill_over_an_outage_while_the_sensor_runs_then_the_same_backfill_
     try:
         # The sensor keeps going while the backfill runs (the backfill's run is no position_sync job run, so the
         # sensor does not wait for it); both claim from the same hours and the same lake.
-        deadline = time.monotonic() + 90
-        while True:
-            assert time.monotonic() < deadline, "the backfill and the sensor did not finish within 90 s"
+
+        def backfill_done_after_a_tick() -> bool:
+            """One sensor tick and the runs it requests; done once a tick requests nothing and the backfill exited."""
             result = p.tick()
             if isinstance(result, dg.SensorResult):
                 for request in result.run_requests or []:
                     assert p.execute(request).success
-            elif backfill.poll() is not None:
-                break
-            else:
-                time.sleep(0.1)
+                return False
+            return backfill.poll() is not None
+
+        wait_until(backfill_done_after_a_tick, 90, "the backfill and the sensor finished", poll=0.1)
         stdout, stderr = backfill.communicate(timeout=30)
     finally:
         if backfill.poll() is None:
