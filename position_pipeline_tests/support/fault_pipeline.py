@@ -4,6 +4,7 @@ ends with. Each scenario's verdict becomes a row of REPORT, which system/conftes
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -188,6 +189,22 @@ class Pipeline:
         )
         self.runs[result.run_id] = result.success
         return result
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment of a fault_worker process: this scenario's instance."""
+        return {**os.environ, "DAGSTER_HOME": str(self.home)}
+
+    def run_args(self, request: dg.RunRequest, run_id: str, **extra: Any) -> dict[str, Any]:
+        """What a fault_worker needs to execute `request` as run `run_id` against this scenario's gateway and lake."""
+        return {
+            "lake_root": self.root,
+            "port": self.sim.port,
+            "partition_key": request.partition_key,
+            "run_config": request.run_config,
+            "tags": dict(request.tags),
+            "run_id": run_id,
+            **extra,
+        }
 
     def tick_and_run(self, **kwargs: Any) -> dg.ExecuteInProcessResult:
         return self.execute(self.request(), **kwargs)

@@ -4,7 +4,6 @@ in processes of their own, producer processes, and backfill runs while the senso
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import uuid
@@ -54,15 +53,8 @@ def test_run_worker_killed(pipeline: Pipeline, point: str, recovery: str) -> Non
     run_id = str(uuid.uuid4())
     if point == "after_release_on_ib_error":
         p.sim.call(lambda gw: gw.go_down(60))
-    args = {
-        "lake_root": p.root,
-        "port": p.sim.port,
-        "partition_key": request.partition_key,
-        "run_config": request.run_config,
-        "tags": dict(request.tags),
-        "run_id": run_id,
-    }
-    env = {**os.environ, "DAGSTER_HOME": str(p.home)}
+    args = p.run_args(request, run_id)
+    env = p.worker_env()
     done = subprocess.run(
         worker("kill", point, json.dumps(args)), cwd=REPO, env=env, capture_output=True, text=True,
         timeout=SUBPROCESS_TIMEOUT_S,
@@ -112,18 +104,8 @@ def _stall_run_a(p: Pipeline, tmp_path: Path) -> tuple[dg.RunRequest, str, subpr
     request = p.request()
     run_a = str(uuid.uuid4())
     paused, resume = tmp_path / "paused", tmp_path / "resume"
-    args = {
-        "lake_root": p.root,
-        "port": p.sim.port,
-        "partition_key": request.partition_key,
-        "run_config": request.run_config,
-        "tags": dict(request.tags),
-        "run_id": run_a,
-        "paused_file": str(paused),
-        "resume_file": str(resume),
-        "max_wait_s": 60,
-    }
-    env = {**os.environ, "DAGSTER_HOME": str(p.home)}
+    args = p.run_args(request, run_a, paused_file=str(paused), resume_file=str(resume), max_wait_s=60)
+    env = p.worker_env()
     stalled = subprocess.Popen(
         worker("stall", json.dumps(args)), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -235,7 +217,7 @@ def test_four_producer_processes_enqueue_5000_items_while_runs_go_on(big_pipelin
 def _backfill(p: Pipeline, first: str, last: str) -> subprocess.Popen[str]:
     """The daemon's single run of an asset backfill over first..last, in a process of its own."""
     args = {"lake_root": p.root, "port": p.sim.port, "first": first, "last": last}
-    env = {**os.environ, "DAGSTER_HOME": str(p.home)}
+    env = p.worker_env()
     return subprocess.Popen(
         worker("backfill", json.dumps(args)), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
