@@ -177,6 +177,7 @@ def test_client_id_in_use_is_refused_with_326_and_the_first_client_keeps_working
     assert positions == len(state_of(sim).holdings)
 
 
+@pytest.mark.system  # 5 s of deliberate waiting (two pacing windows): too slow for the fast tier
 def test_pacing_violation_is_error_100_and_ib_async_throttling_avoids_it(sim: GatewayThread) -> None:
     async def burst(throttled: bool, client_id: int) -> list[int]:
         ib = await connect(sim, client_id=client_id)
