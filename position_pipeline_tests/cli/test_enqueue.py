@@ -17,6 +17,7 @@ from position_pipeline_tests.cli.command_runs import Result, assert_nothing_writ
 # enqueue: one contract
 
 
+@pytest.mark.system
 def test_enqueue_one_contract_as_a_real_command(lake_root: Path, queue: PositionQueue, uri: str) -> None:
     code, out, err = run_command("enqueue", "--conid", "265598", "--symbol", "AAPL", lake_root=lake_root)
 
@@ -94,6 +95,7 @@ def test_enqueue_reports_every_bad_option_at_once(call: Callable[..., Result], l
 # enqueue: a CSV file
 
 
+@pytest.mark.system
 def test_enqueue_from_file_as_a_real_command(tmp_path: Path, lake_root: Path, queue: PositionQueue, uri: str) -> None:
     items = write_csv(
         tmp_path / "items.csv",
@@ -126,6 +128,7 @@ def test_enqueue_from_file_without_optional_columns_prints_json(
     assert table.select("conid", "symbol", "priority").rows() == [(265598, "AAPL", 2), (272093, "MSFT", 2)]
 
 
+@pytest.mark.system
 def test_enqueue_from_file_with_a_bad_row_writes_nothing(
     tmp_path: Path, lake_root: Path, queue: PositionQueue, uri: str
 ) -> None:

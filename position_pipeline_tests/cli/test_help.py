@@ -32,6 +32,7 @@ def test_help_of_each_command(call: Callable[..., Result], args: list[str], expe
         assert "POSITION_LAKE_URI" in out
 
 
+@pytest.mark.system
 def test_help_is_fast_because_nothing_heavy_is_imported() -> None:
     assert heavy_modules_after_help(["--help"], ["enqueue", "--help"], ["queue", "import", "--help"]) == []
 

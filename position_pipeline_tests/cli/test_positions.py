@@ -154,6 +154,7 @@ def test_command_reports_an_unreadable_lake(tmp_path: Path, capsys: pytest.Captu
     assert err.startswith("position-pipeline positions: error: ") and err.count("\n") == 1
 
 
+@pytest.mark.system
 def test_importing_the_module_leaves_polars_and_deltalake_unloaded() -> None:
     """cli/parser.py builds its parser (also for --help) by importing the command modules."""
     code = "import sys, position_pipeline.cli.positions; print(sorted({'polars', 'deltalake'} & set(sys.modules)))"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
+import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline.core.queue import PositionQueue, QueueStatus
@@ -59,6 +60,7 @@ def write_legacy_table(path: Path, rows: list[tuple] = LEGACY_ROWS, mode: Litera
     return str(path)
 
 
+@pytest.mark.system
 def test_queue_import_adopts_every_item_once(tmp_path: Path, lake_root: Path, queue: PositionQueue, uri: str) -> None:
     legacy = write_legacy_table(tmp_path / "legacy_queue")
 
@@ -135,6 +137,7 @@ def test_queue_import_of_a_path_that_is_no_delta_table(
 # queue counts
 
 
+@pytest.mark.system
 def test_queue_counts_json_as_a_real_command(lake_root: Path, queue: PositionQueue, uri: str) -> None:
     ids = queue.insert_many([(1, "A"), (2, "B"), (3, "C"), (4, "D")])
     queue.mark_success(ids[0])
@@ -194,6 +197,7 @@ def test_lake_option_overrides_the_environment(call: Callable[..., Result], tmp_
     assert code == 0 and json.loads(out)["total"] == 1
 
 
+@pytest.mark.system
 def test_default_lake_is_dot_lake_in_the_current_directory(tmp_path: Path) -> None:
     code, out, err = run_command(
         "enqueue", "--conid", "265598", "--symbol", "AAPL", "--json", lake_root=None, cwd=tmp_path

@@ -43,6 +43,7 @@ def rows_by_id(queue: PositionQueue) -> dict[str, dict]:
     return {r["request_id"]: r for r in queue.read().iter_rows(named=True)}
 
 
+@pytest.mark.system
 def test_requeue_failed_as_a_real_command(lake_root: Path, queue: PositionQueue, uri: str) -> None:
     [failed] = fail_items(queue, [("AAPL", hours_ago(1), "contract 265598 is not held")])
     pending, done = queue.insert_many([(1, "PEND"), (2, "DONE")])
@@ -120,6 +121,7 @@ def test_requeue_since_an_age(call: Callable[..., Result], queue: PositionQueue,
     assert rows_by_id(queue)[old]["status"] == "PENDING"
 
 
+@pytest.mark.system
 def test_requeue_since_a_naive_timestamp_means_utc(
     lake_root: Path, queue: PositionQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,6 +168,7 @@ def test_requeue_refuses_a_bad_since_with_exit_2(
     assert DeltaTable(uri).version() == start
 
 
+@pytest.mark.system
 def test_requeue_without_failed_is_a_usage_error(lake_root: Path) -> None:
     code, out, err = run_command("requeue", "--since", "2h", lake_root=lake_root)
 
@@ -209,5 +212,6 @@ def test_requeue_help(call: Callable[..., Result]) -> None:
     assert "requeue" in call("--help")[1]
 
 
+@pytest.mark.system
 def test_requeue_help_is_fast_because_nothing_heavy_is_imported() -> None:
     assert heavy_modules_after_help(["requeue", "--help"]) == []

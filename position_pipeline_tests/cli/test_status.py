@@ -193,6 +193,7 @@ def test_constants_match_the_modules_they_stand_for(tmp_path: Path) -> None:
     assert all(tuple(row) == tuple(int(p) for p in Priority) for row in depth.values())
 
 
+@pytest.mark.system
 def test_importing_status_and_building_its_parser_imports_nothing_heavy() -> None:
     probe = (
         "import argparse, sys\n"

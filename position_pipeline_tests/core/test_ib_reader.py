@@ -336,6 +336,7 @@ def test_gateway_down_is_unreachable(sim: GatewayThread) -> None:
     assert not sim.call(lambda gw: gw.connected_clients)
 
 
+@pytest.mark.tables  # opens a socket
 def test_a_closed_port_is_unreachable() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -378,6 +379,7 @@ def test_account_download_end_never_sent_is_a_timeout_naming_the_account(sim: Ga
     ]
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 def test_replies_slower_than_the_request_timeout_are_a_timeout(sim: GatewayThread) -> None:
     settings = settings_for(sim, connect_timeout=5.0, request_timeout=0.5)
     state = state_of(sim)

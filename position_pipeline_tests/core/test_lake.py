@@ -239,6 +239,7 @@ def _ensure(root: str, results: Any) -> None:
         results.put((None, traceback.format_exc()))
 
 
+@pytest.mark.system
 def test_concurrent_creators_all_get_the_table(tmp_path: Path) -> None:
     root = str(tmp_path / "lake")
     results = SPAWN.Queue()

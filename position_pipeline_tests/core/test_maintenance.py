@@ -78,6 +78,7 @@ def _age_removals(uri: str, by: timedelta) -> None:
         path.write_text("".join(json.dumps(a) + "\n" for a in actions))
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 def test_compaction_turns_200_appends_into_one_file_with_the_same_rows(small_files_queue: PositionQueue) -> None:
     queue = small_files_queue
     rows = table_rows(queue.table_uri)

@@ -17,6 +17,7 @@ from deltalake.exceptions import CommitFailedError
 
 from position_pipeline.core.queue import PositionQueue
 
+pytestmark = pytest.mark.system  # every test here races spawned processes
 SPAWN = multiprocessing.get_context("spawn")
 
 

@@ -47,6 +47,7 @@ def enqueue_hours(queue: PositionQueue, state: GatewayState) -> dict[int, list[s
     return ids
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 def test_a_range_run_claims_only_its_hours_and_running_it_again_adds_nothing(
     tmp_path: Path, sim: GatewayThread, instance: dg.DagsterInstance
 ) -> None:
@@ -103,6 +104,7 @@ def test_a_window_that_ends_before_it_starts_is_refused() -> None:
         partition_range(NOW, NOW - timedelta(hours=2), NOW)
 
 
+@pytest.mark.system
 def test_the_command_needs_dagster_home_and_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     command = [sys.executable, "-m", "position_pipeline", "backfill", "--lake", str(tmp_path / "lake"), "--from", "2h"]
@@ -111,6 +113,7 @@ def test_the_command_needs_dagster_home_and_says_so(tmp_path: Path) -> None:
     assert "DAGSTER_HOME is not set" in done.stderr
 
 
+@pytest.mark.system
 def test_the_command_with_an_empty_queue_has_nothing_to_do(tmp_path: Path) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     command = [sys.executable, "-m", "position_pipeline", "backfill", "--lake", str(tmp_path / "lake")]

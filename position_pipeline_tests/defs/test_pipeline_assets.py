@@ -113,6 +113,7 @@ def test_a_batch_is_written_once_with_the_simulators_values(
     assert not any(r.is_order or r.is_market_data for r in requests)
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 def test_one_commit_per_batch_and_partitioned_by_date(
     root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:

@@ -78,6 +78,7 @@ def run_files(instance: dg.DagsterInstance, run_id: str) -> list[Path]:
     return [p for p in (root / "history" / "runs" / f"{run_id}.db", root / "storage" / run_id) if p.exists()]
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 def test_deletes_only_finished_runs_older_than_the_cutoff_with_their_events_and_files(
     instance: dg.DagsterInstance,
 ) -> None:
@@ -121,6 +122,7 @@ def test_active_runs_survive_any_cutoff(instance: dg.DagsterInstance) -> None:
     assert instance.all_logs(active[0])
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 def test_runs_of_a_backfill_in_progress_are_kept_until_it_ends(instance: dg.DagsterInstance) -> None:
     for backfill_id, status in [("running", BulkActionStatus.REQUESTED), ("done", BulkActionStatus.COMPLETED_SUCCESS)]:
         instance.add_backfill(PartitionBackfill(backfill_id, status, False, {}, datetime.now(UTC).timestamp()))
@@ -169,6 +171,7 @@ def deleted_count(result: dg.ExecuteInProcessResult) -> int:
     return result.output_for_node("purge_finished_runs")
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 def test_purge_job_takes_its_retention_from_config_then_env_then_seven_days(
     instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,6 +41,7 @@ from position_pipeline_tests.support.lake_tables import (
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.mark.system  # over 2 s: too slow for the fast tier
 @pytest.mark.timeout(90)
 def test_claims_running_while_upkeep_runs_lose_nothing(root: str, queue: PositionQueue) -> None:
     old = succeed_items(queue, 1_500, datetime.now(UTC) - 3 * DAY)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from ib_async import IB
 
-from position_pipeline_tests.support.waiting import run_bounded
+from position_pipeline_tests.support.waiting import run_bounded, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]  # each test starts the command as a process
 COMMAND = [sys.executable, "-m", "position_pipeline", "simulate"]
 
 
@@ -107,8 +107,10 @@ def test_down_for_refuses_connections_at_first(tmp_path: Path) -> None:
         running.wait_for_line("Refusing connections for the first 2 s")
         with pytest.raises(ConnectionRefusedError):
             positions_from(port)
-        time.sleep(2.5)
-        assert len(positions_from(port)) == 10
+        served = wait_until(
+            lambda: positions_from(port), 10, "connections accepted", ignoring=(ConnectionRefusedError,)
+        )
+        assert len(served) == 10
 
 
 def test_help_documents_every_flag() -> None:

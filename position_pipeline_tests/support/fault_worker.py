@@ -1,9 +1,9 @@
-"""Processes the fault suite (test_fault_suite.py) starts, each a Dagster run or a producer of its own.
+"""Processes the fault suite (system/test_fault_suite.py) starts, each a Dagster run or a producer of its own.
 
-    python -m position_pipeline_tests.fault_worker kill POINT ARGS_JSON
-    python -m position_pipeline_tests.fault_worker stall ARGS_JSON
-    python -m position_pipeline_tests.fault_worker backfill ARGS_JSON
-    python -m position_pipeline_tests.fault_worker produce ARGS_JSON
+    python -m position_pipeline_tests.support.fault_worker kill POINT ARGS_JSON
+    python -m position_pipeline_tests.support.fault_worker stall ARGS_JSON
+    python -m position_pipeline_tests.support.fault_worker backfill ARGS_JSON
+    python -m position_pipeline_tests.support.fault_worker produce ARGS_JSON
 
 `kill` executes the position_sync job against the Dagster instance in DAGSTER_HOME (so the run record outlives the
 process, left STARTED) after patching ONE point to `os.kill(os.getpid(), SIGKILL)`, before or after the real function.
@@ -17,6 +17,7 @@ start quickly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -26,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
+
+from position_pipeline_tests.support.waiting import wait_until
 
 SYNC_JOB = "position_sync"
 
@@ -224,9 +227,8 @@ def run_stalled(args: dict[str, Any]) -> int:
     def held_by_then_stall(self: PositionQueue, *a: Any, **k: Any) -> set[str]:
         held = original(self, *a, **k)
         paused.touch()
-        deadline = time.monotonic() + args.get("max_wait_s", 60)
-        while not resume.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(AssertionError):  # not told in time: go on anyway, as the docstring says
+            wait_until(resume.exists, args.get("max_wait_s", 60), "resume_file", poll=0.05)
         return held
 
     PositionQueue.held_by = held_by_then_stall  # type: ignore[method-assign]
@@ -271,7 +273,7 @@ def produce(args: dict[str, Any]) -> int:
         size = min(chunk, count - len(ids))
         start = offset + len(ids)
         ids += queue.insert_many([items[(start + i) % len(items)] for i in range(size)])
-        time.sleep(args.get("pause_s", 0.0))
+        time.sleep(args.get("pause_s", 0.0))  # the producer's pace: chunks spread over the runs going on
     Path(args["out"]).write_text(json.dumps(ids))
     return 0
 

@@ -14,40 +14,35 @@ every process the tour starts is stopped when it ends, however it ends.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from position_pipeline.cli.demo import UNKNOWN_CONID, stop_process_group
-from position_pipeline.core import lake
-from position_pipeline.core.queue import PositionQueue
-from position_pipeline.defs.jobs import SYNC_JOB_NAME
-from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 from position_pipeline_tests.support import REPO
+from position_pipeline_tests.support.ui_stack import (
+    ASSETS,
+    CLIENT_IDS,
+    LOCATION,
+    SENSOR,
+    Stack,
+    chromium_executable,
+    entry_value,
+    install_chromium,
+    running_stack,
+    step_failures,
+    ticks,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-LOCATION = "position_pipeline.definitions"
-SENSOR = "position_sync_sensor"
 SENSOR_PAGE = f"/locations/__repository__@{LOCATION}/sensors/{SENSOR}"
-ASSETS = ("position_queue", "queued_positions", "ib_snapshot", "position_updates")
 PLOTTED = ("claimed", "succeeded", "failed", "batch_seconds", "table_version")
 VIEWPORT = {"width": 1400, "height": 900}
 SCREENSHOTS = {
@@ -59,31 +54,8 @@ SCREENSHOTS = {
 WAVES = ((12, 1), (25, 2), (40, 3))
 """Held and unheld contracts per enqueue wave: one sync run each, so the plots have points that differ."""
 PAGE_TIMEOUT_MS = 20_000
-CLIENT_IDS = range(100, 108)
-"""The code location's client-id range in the tour (IB_CLIENT_ID, IB_CLIENT_ID_SPAN); the last run finds it taken."""
 NAV_WIDTH, HEADER_HEIGHT = 68, 108
 """Pixels the folded navigation and the lineage page's header take from the viewport."""
-
-
-def chromium_executable() -> str | None:
-    """Debian's Chromium (package `chromium`), if installed."""
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def install_chromium(timeout: float = 300) -> str | None:
-    """As root on Debian, install Chromium the way .ci/run does; None where that is impossible (not root, no apt)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=timeout, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
-        env=env,
-        check=True,
-        timeout=timeout,
-        capture_output=True,
-    )
-    return chromium_executable()
 
 
 @dataclass
@@ -107,133 +79,6 @@ class Tour:
     dagster_pid: int = 0
     """`dagster dev`'s process (and group) id: gone, with its webserver, daemon and run workers, once the tour ends."""
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Stack:
-    """The simulated gateway and `dagster dev` on loopback, with their lake and Dagster instance folder."""
-
-    url: str
-    gateway: GatewayThread
-    state: GatewayState
-    queue: PositionQueue
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One GraphQL request, as the UI sends it; errors in the answer raise."""
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=15) as response:
-            answer = json.load(response)
-        if answer.get("errors"):
-            raise RuntimeError(f"GraphQL errors: {answer['errors']}")
-        return answer["data"]  # type: ignore[no-any-return]
-
-    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
-        """Poll until `predicate` returns something truthy; fail with the dagster log's tail when it does not."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dagster dev exited ({self.process.returncode}):\n{self.log_tail()}")
-            try:
-                result = predicate()
-            except OSError:  # the webserver is not answering yet
-                result = None  # type: ignore[assignment]
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:g} s; dagster dev log tail:\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def enqueue(self, held: int, unheld: int, offset: int) -> list[str]:
-        """Contracts the gateway holds (with their account) and `unheld` ones it does not."""
-        holdings = list(self.state.positions())[offset : offset + held]
-        items: list[dict[str, object]] = [
-            {"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in holdings
-        ]
-        items += [{"conid": UNKNOWN_CONID + offset + i, "symbol": f"UNHELD{i}"} for i in range(unheld)]
-        return self.queue.insert_many(items)
-
-    def sync_runs(self, status: str) -> list[dict[str, Any]]:
-        data = self.graphql(
-            "query Runs($filter: RunsFilter) { runsOrError(filter: $filter) { ... on Runs { results { runId } } } }",
-            {"filter": {"pipelineName": SYNC_JOB_NAME, "statuses": [status]}},
-        )
-        return data["runsOrError"]["results"]  # type: ignore[no-any-return]
-
-    def has_sync_runs(self, status: str, count: int) -> bool:
-        return len(self.sync_runs(status)) >= count
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def running_stack(workdir: Path, startup_timeout: float = 60) -> Iterator[Stack]:
-    """The gateway on a free port, then `dagster dev` on another; both stopped on exit (dagster's whole group)."""
-    home = workdir / "dagster_home"
-    home.mkdir(parents=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    root = str(workdir / "lake")
-    state = GatewayState.generate(positions=90, accounts=3, seed=7)
-    log_path = workdir / "dagster.log"
-    with GatewayThread(lambda: SimulatedGateway(state, port=0, price_interval=None)) as gateway:
-        port = free_port()
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            lake.LAKE_URI_VARIABLE: root,
-            "IB_HOST": gateway.host,
-            "IB_PORT": str(gateway.port),
-            "IB_CLIENT_ID": str(CLIENT_IDS.start),
-            "IB_CLIENT_ID_SPAN": str(len(CLIENT_IDS)),
-        }
-        command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", LOCATION, "-h", "127.0.0.1",
-                   "-p", str(port)]  # fmt: skip
-        with log_path.open("wb") as output:
-            process = subprocess.Popen(
-                command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        try:
-            stack = Stack(
-                url=f"http://127.0.0.1:{port}",
-                gateway=gateway,
-                state=state,
-                queue=PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE)),
-                process=process,
-                log_path=log_path,
-            )
-            stack.wait_for(
-                lambda: len(stack.graphql("{ assetNodes { id } }")["assetNodes"]) >= len(ASSETS),
-                startup_timeout,
-                "the code location loaded in the webserver",
-            )
-            # The first visit from loopback opens a newsletter dialog over every page; say it was seen.
-            stack.graphql("mutation { setNuxSeen }")
-            yield stack
-        finally:
-            stop_process_group(process)
-            _wait_until_group_gone(process.pid)
-
-
-def _wait_until_group_gone(group: int, timeout: float = 15) -> None:
-    """The group's last members (run workers, code servers) exit a moment after `dagster dev` itself; wait for
-    them, and kill whatever is left after `timeout`."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            os.killpg(group, 0)
-            time.sleep(0.2)
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        return
 
 
 def tour(workdir: Path, out: Path, chromium: str) -> Tour:
@@ -266,7 +111,7 @@ def tour(workdir: Path, out: Path, chromium: str) -> Tour:
             failed = stack.wait_for(lambda: stack.sync_runs("FAILURE"), 45, "a sync run failed with the gateway down")
             failed_run_id = failed[0]["runId"]
             stack.wait_for(
-                lambda: any("failed" in (t["skipReason"] or "") for t in _ticks(stack)),
+                lambda: any("failed" in (t["skipReason"] or "") for t in ticks(stack)),
                 30,
                 "a tick skipped because the last sync run failed",
             )
@@ -285,7 +130,7 @@ def tour(workdir: Path, out: Path, chromium: str) -> Tour:
                 60,
                 "a sync run failed because every client id was in use",
             )
-            seen.client_id_run_errors = _step_failures(stack, failures[0]["runId"])
+            seen.client_id_run_errors = step_failures(stack, failures[0]["runId"])
             seen.seconds["client_id_run"] = round(time.monotonic() - started, 1)
             seen.page_text["client_id_run"] = _run_page_text(browser, stack.url, failures[0]["runId"], "326")
         finally:
@@ -421,21 +266,6 @@ def _shoot(page: Page, out: Path, name: str) -> Path:
     return path
 
 
-def _ticks(stack: Stack, limit: int = 200) -> list[dict[str, Any]]:
-    data = stack.graphql(
-        """query Ticks($selector: SensorSelector!, $limit: Int) {
-             sensorOrError(sensorSelector: $selector) {
-               ... on Sensor { sensorState { ticks(limit: $limit) { status skipReason runIds timestamp } } }
-             }
-           }""",
-        {
-            "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "sensorName": SENSOR},
-            "limit": limit,
-        },
-    )
-    return data["sensorOrError"]["sensorState"]["ticks"]  # type: ignore[no-any-return]
-
-
 def _graphql_facts(stack: Stack, failed_run_id: str, seen: Tour) -> None:
     nodes = stack.graphql(
         """{ assetNodes { assetKey { path } description groupName kinds
@@ -457,29 +287,12 @@ def _graphql_facts(stack: Stack, failed_run_id: str, seen: Tour) -> None:
                        ... on TextMetadataEntry { text } ... on MarkdownMetadataEntry { mdStr } } } } } }"""
     updates = stack.graphql(history, {"path": ["position_updates"]})["assetOrError"]["assetMaterializations"]
     seen.materializations = [
-        {e["label"]: (e["__typename"], _entry_value(e)) for e in m["metadataEntries"]} for m in updates
+        {e["label"]: (e["__typename"], entry_value(e)) for e in m["metadataEntries"]} for m in updates
     ]
     queue = stack.graphql(history, {"path": ["position_queue"]})["assetOrError"]["assetMaterializations"]
     seen.write_backs = len(queue)
-    seen.ticks = _ticks(stack)
-    seen.failed_run_errors = _step_failures(stack, failed_run_id)
-
-
-def _step_failures(stack: Stack, run_id: str) -> list[str]:
-    """The error messages of a run's failed steps, as the run page lists them."""
-    events = stack.graphql(
-        """query Failure($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events {
-             __typename ... on ExecutionStepFailureEvent { stepKey error { message } } } } } }""",
-        {"runId": run_id},
-    )["logsForRun"]["events"]
-    return [e["error"]["message"] for e in events if e["__typename"] == "ExecutionStepFailureEvent" and e.get("error")]
-
-
-def _entry_value(entry: dict[str, Any]) -> Any:
-    for key in ("intValue", "floatValue", "text", "mdStr"):
-        if key in entry:
-            return entry[key]
-    return None
+    seen.ticks = ticks(stack)
+    seen.failed_run_errors = step_failures(stack, failed_run_id)
 
 
 def summary(seen: Tour) -> str:

@@ -5,31 +5,21 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
 
 from position_pipeline.core import lake
+from position_pipeline_tests.support.services import free_port, pipeline_env, port_closed
+from position_pipeline_tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(400)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_closed(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def processes_with_env(marker: str) -> list[int]:
@@ -47,12 +37,7 @@ def processes_with_env(marker: str) -> list[int]:
 
 def test_demo_writes_rows_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     ui_port, ib_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "POSITION_LAKE_URI": str(tmp_path / "lake"),
-        "IB_PORT": str(ib_port),
-    }
+    env = pipeline_env(tmp_path / "home", tmp_path / "lake", ib_port)  # the demo makes its DAGSTER_HOME itself
     process = subprocess.Popen(
         [sys.executable, "-m", "position_pipeline", "demo", "--ui-port", str(ui_port), "--enqueue-every", "1"],
         cwd=tmp_path,  # from anywhere, not only the repo root
@@ -73,26 +58,47 @@ def test_demo_writes_rows_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
     threading.Thread(target=pump, daemon=True).start()
     try:
-        deadline = time.monotonic() + 240
-        while not any(f"Dagster UI: http://127.0.0.1:{ui_port}" in line for line in output):
-            assert process.poll() is None, "".join(output[-50:])
-            assert time.monotonic() < deadline, "no UI address printed:\n" + "".join(output[-50:])
-            time.sleep(0.5)
+        deadline = time.monotonic() + 240  # one bound for the UI and the first rows together
+
+        def last(count: int) -> Callable[[], str]:
+            return lambda: "".join(output[-count:])
+
+        def left() -> float:
+            return deadline - time.monotonic()
+
+        address = f"Dagster UI: http://127.0.0.1:{ui_port}"
+        wait_until(
+            lambda: any(address in line for line in output),
+            left(),
+            "the UI address printed",
+            process=process,
+            explain=last(50),
+            poll=0.5,
+        )
 
         updates = Path(lake.table_uri(str(tmp_path / "lake"), lake.POSITION_UPDATES_TABLE))
-        while not ((updates / "_delta_log").exists() and len(DeltaTable(str(updates)).to_pyarrow_table()) > 0):
-            assert process.poll() is None, "".join(output[-50:])
-            assert time.monotonic() < deadline, "no rows written:\n" + "".join(output[-80:])
-            time.sleep(1)
+        wait_until(
+            lambda: (updates / "_delta_log").exists() and len(DeltaTable(str(updates)).to_pyarrow_table()) > 0,
+            left(),
+            "rows written",
+            process=process,
+            explain=last(80),
+            poll=1,
+        )
 
         process.send_signal(signal.SIGINT)
         assert process.wait(90) == 0, "".join(output[-50:])
         assert any("demo stopped" in line for line in output)
         assert port_closed(ui_port) and port_closed(ib_port)
-        leftover_deadline = time.monotonic() + 15
-        while processes_with_env(str(tmp_path / "home")) and time.monotonic() < leftover_deadline:
-            time.sleep(0.5)
-        assert processes_with_env(str(tmp_path / "home")) == []  # dagster dev, webserver, daemon, run workers
+        home = str(tmp_path / "home")
+        wait_until(
+            lambda: not processes_with_env(home),
+            15,
+            "the demo's processes gone",
+            explain=lambda: str(processes_with_env(home)),
+            poll=0.5,
+        )
+        assert processes_with_env(home) == []  # dagster dev, webserver, daemon, run workers
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -8,14 +8,11 @@ no market-data request. The measured latencies go to `e2e_figures.json` in the t
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +26,8 @@ from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 from position_pipeline_tests.support import REPO
+from position_pipeline_tests.support.services import dagster_home, instance_at, pipeline_env, terminate_group
+from position_pipeline_tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,17 +35,9 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture
 def daemon_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], GatewayThread, GatewayState, Path]]:
     state = GatewayState.generate(positions=330, accounts=3, seed=11)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(tmp_path / "dagster_home")
     with GatewayThread(lambda: SimulatedGateway(state, port=0, price_interval=None)) as sim:
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "POSITION_LAKE_URI": str(tmp_path / "lake"),
-            "IB_PORT": str(sim.port),
-        }
-        yield env, sim, state, tmp_path
+        yield pipeline_env(home, tmp_path / "lake", sim.port), sim, state, tmp_path
 
 
 @pytest.fixture
@@ -58,24 +49,19 @@ def daemon(daemon_env: tuple[dict[str, str], GatewayThread, GatewayState, Path])
     try:
         yield process
     finally:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            if process.poll() is None:
-                os.killpg(process.pid, sig)
-                try:
-                    process.wait(wait)
-                except subprocess.TimeoutExpired:
-                    continue
+        terminate_group(process)
         log.close()
 
 
-def wait_for(predicate, timeout: float, what: str, process: subprocess.Popen[bytes], log: Path) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if process.poll() is not None:
-            raise AssertionError(f"the daemon exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s; daemon log tail:\n{log.read_text()[-3000:]}")
-        time.sleep(0.25)
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str, process: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Wait while the daemon lives; a failure shows the daemon log's tail. Each look reads tables: 4 a second."""
+
+    def tail() -> str:
+        return "daemon log tail:\n" + log.read_text()[-3000:]
+
+    wait_until(predicate, timeout, what, process=process, explain=tail, poll=0.25)
 
 
 def test_the_daemon_keeps_position_updates_current(daemon_env, daemon) -> None:  # type: ignore[no-untyped-def]
@@ -106,7 +92,7 @@ def test_the_daemon_keeps_position_updates_current(daemon_env, daemon) -> None: 
             [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in chunk]
         )
         enqueued_at.update(dict.fromkeys(ids, at))
-        for _ in range(8):
+        for _ in range(8):  # the producers' pace (50 items per 2 s), sampling arrivals meanwhile
             poll_rows()
             time.sleep(0.25)
 
@@ -154,32 +140,28 @@ def _latency_figures(latencies: list[float]) -> dict[str, float]:
     }
 
 
-def _run_figures(dagster_home: str) -> dict[str, float]:
+def _run_figures(home: str) -> dict[str, float]:
     """Per run: queued -> started (launch), started -> first step, and the batch steps themselves."""
-    os.environ["DAGSTER_HOME"] = dagster_home
-    try:
-        with dg.DagsterInstance.get() as instance:
-            records = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
-            launch, batch, total = [], [], []
-            for record in records:
-                if record.start_time is None or record.end_time is None:
-                    continue
-                created = record.create_timestamp.replace(tzinfo=UTC).timestamp()
-                logs = instance.all_logs(record.dagster_run.run_id)
-                events = [(e.timestamp, e.dagster_event.event_type) for e in logs if e.dagster_event is not None]
-                starts = [at for at, kind in events if kind == dg.DagsterEventType.STEP_START]
-                ends = [
-                    at
-                    for at, kind in events
-                    if kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
-                ]
-                if not starts or not ends:
-                    continue
-                launch.append(starts[0] - created)
-                batch.append(max(ends) - min(starts))
-                total.append(record.end_time - created)
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    with instance_at(home) as instance:
+        records = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
+        launch, batch, total = [], [], []
+        for record in records:
+            if record.start_time is None or record.end_time is None:
+                continue
+            created = record.create_timestamp.replace(tzinfo=UTC).timestamp()
+            logs = instance.all_logs(record.dagster_run.run_id)
+            events = [(e.timestamp, e.dagster_event.event_type) for e in logs if e.dagster_event is not None]
+            starts = [at for at, kind in events if kind == dg.DagsterEventType.STEP_START]
+            ends = [
+                at
+                for at, kind in events
+                if kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
+            ]
+            if not starts or not ends:
+                continue
+            launch.append(starts[0] - created)
+            batch.append(max(ends) - min(starts))
+            total.append(record.end_time - created)
     return {
         "runs": len(total),
         "run_launch_median_s": round(statistics.median(launch), 2),
@@ -229,25 +211,18 @@ def test_a_backfill_through_the_daemon_catches_up_an_outage_while_the_sensor_run
     assert queue.counts()[QueueStatus.SUCCESS] == 300
     assert (rows["snapshot_at"] > rows["queued_at"] + timedelta(minutes=30)).all()  # as of the backfill, not the hour
 
-    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
-    try:
-        with dg.DagsterInstance.get() as instance:
-            runs = instance.get_run_records(dg.RunsFilter.for_backfill(str(first["backfill_id"])))
-            assert len(runs) == 1  # single-run backfill policy: three hours, one run
-            tags = runs[0].dagster_run.tags
-            first_key = (now - timedelta(hours=3)).strftime("%Y-%m-%d-%H:00")
-            assert tags["dagster/asset_partition_range_start"] == first_key
-            claimed = [
-                e.asset_materialization.metadata["claimed"].value  # type: ignore[union-attr]
-                for e in instance.all_logs(
-                    runs[0].dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-                )
-                if e.asset_materialization is not None
-                and e.asset_materialization.asset_key.path == ["queued_positions"]
-            ]
-            sensor_runs = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    with instance_at(env["DAGSTER_HOME"]) as instance:
+        runs = instance.get_run_records(dg.RunsFilter.for_backfill(str(first["backfill_id"])))
+        assert len(runs) == 1  # single-run backfill policy: three hours, one run
+        tags = runs[0].dagster_run.tags
+        first_key = (now - timedelta(hours=3)).strftime("%Y-%m-%d-%H:00")
+        assert tags["dagster/asset_partition_range_start"] == first_key
+        claimed = [
+            e.asset_materialization.metadata["claimed"].value  # type: ignore[union-attr]
+            for e in instance.all_logs(runs[0].dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            if e.asset_materialization is not None and e.asset_materialization.asset_key.path == ["queued_positions"]
+        ]
+        sensor_runs = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
     # The sensor drained 50 at a time meanwhile; the backfill took what was left in one batch.
     assert claimed and claimed[0] + 50 * len(sensor_runs) >= 300, (claimed, len(sensor_runs))
 

@@ -4,7 +4,6 @@ and purge_runs and the purge_run_history job delete them there."""
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,7 @@ from dagster._core.test_utils import freeze_time
 
 from position_pipeline.defs.run_retention import purge_run_history, purge_runs
 from position_pipeline_tests.support import REPO
+from position_pipeline_tests.support.services import dagster_home, free_port
 
 DEPLOY_FILE = REPO / "deploy" / "dagster.postgres.yaml"
 PG_USER = "dagster"
@@ -44,12 +44,6 @@ def postgres_bin_dir() -> Path | None:
     """The newest server from Debian's packages (`postgresql-NN`), which `.ci/run` installs."""
     found = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")]
     return max(found, key=lambda p: [int(part) for part in p.parent.name.split(".") if part.isdigit()], default=None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +101,7 @@ def instance(
     postgres: PostgresServer, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dg.DagsterInstance]:
     """The instance an operator gets: deploy/dagster.postgres.yaml as $DAGSTER_HOME/dagster.yaml and the env vars."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(DEPLOY_FILE, home / "dagster.yaml")
+    home = dagster_home(tmp_path / "dagster_home", DEPLOY_FILE)
     for name, value in {
         "DAGSTER_PG_USERNAME": PG_USER,
         "DAGSTER_PG_PASSWORD": PG_PASSWORD,

@@ -1,7 +1,7 @@
 """The Dagster UI as operators see it, in a real headless Chromium against `dagster dev` on loopback.
 
-The tour (ui_browser.py, which also makes the pictures in docs/) runs three sync batches and one failed run; this test
-asserts on the rendered pages' text, the screenshots, and the GraphQL answers the UI is drawn from.
+The tour (support/ui_browser.py, which also makes the pictures in docs/) runs three sync batches and one failed run;
+this test asserts on the rendered pages' text, the screenshots, and the GraphQL answers the UI is drawn from.
 """
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from position_pipeline_tests.support.ui_browser import (
-    PLOTTED,
-    SCREENSHOTS,
-    Tour,
-    chromium_executable,
-    install_chromium,
-    tour,
-)
+from position_pipeline_tests.support.ui_browser import PLOTTED, SCREENSHOTS, Tour, tour
+from position_pipeline_tests.support.ui_stack import chromium_executable, install_chromium
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOUR_KEY = re.compile(r"\d{4}-\d\d-\d\d-\d\d:00")
