@@ -17,8 +17,8 @@ import dagster as dg
 import psycopg2
 import pytest
 import yaml
-from dagster._core.test_utils import freeze_time
 
+from position_pipeline.defs.dagster_internals import freeze_time
 from position_pipeline.defs.run_retention import purge_run_history, purge_runs
 from position_pipeline_tests.support import REPO
 from position_pipeline_tests.support.services import dagster_home, free_port
