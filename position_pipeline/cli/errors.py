@@ -29,11 +29,12 @@ def guarded(
 
     from position_pipeline.core.queue import QueueInputError
 
+    reported: tuple[type[Exception], ...] = (CommandError, DeltaError, OSError, ValueError, *also)
     try:
         return action()
     except QueueInputError as exc:
         print_problems(command, exc, source)
-    except (CommandError, DeltaError, OSError, ValueError, *also) as exc:
+    except reported as exc:
         print(f"{PROG} {command}: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG} {command}: interrupted", file=sys.stderr)
