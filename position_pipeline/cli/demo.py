@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from position_pipeline.ib_gateway_sim import GatewayState
 
 log = logging.getLogger(__name__)
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DAGSTER_YAML = PACKAGE_DIR.parent / "dagster.yaml"
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+"""The repository's instance config (run monitoring, the sync runs' concurrency limit), copied into a new
+DAGSTER_HOME."""
 UNKNOWN_CONID = 99_000_000
 
 

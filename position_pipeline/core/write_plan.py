@@ -45,6 +45,7 @@ class WritePlan:
     failed: dict[str, str]
     already_written: set[str]
     table_uri: str
+    storage_options: lake.StorageOptions | None = None
     version_before: int | None = None
     refusal: WriteRefusal | None = None
 
@@ -132,18 +133,19 @@ def plan_write(
         failed={i: error for i, error in failures(results).items() if i not in written_before},
         already_written=written_before,
         table_uri=uri,
+        storage_options=storage_options,
     )
     refusal = _claims_refusal(results["request_id"].to_list(), run_id, queue) if results.height else None
     if refusal is not None:
         return replace(plan, refusal=refusal)
-    return replace(plan, version_before=_table_version(uri))
+    return replace(plan, version_before=_table_version(uri, storage_options))
 
 
 def apply_write_back(plan: WritePlan, queue: PositionQueue) -> WriteBack:
     """Mark the planned items SUCCESS and FAILED; call only once the append is committed."""
     marked = queue.mark_success(plan.succeeded, claimed_by=plan.run_id) if plan.succeeded else 0
     marked_failed = queue.mark_failed_many(plan.failed, claimed_by=plan.run_id) if plan.failed else 0
-    return WriteBack(plan, marked, marked_failed, _table_version(plan.table_uri))
+    return WriteBack(plan, marked, marked_failed, _table_version(plan.table_uri, plan.storage_options))
 
 
 def seconds_since(moment: datetime | None) -> float:
@@ -191,5 +193,5 @@ def _already_written(root_uri: str, results: pl.DataFrame, storage_options: lake
     return lake.existing_request_ids(root_uri, again["request_id"].to_list(), since, storage_options)
 
 
-def _table_version(uri: str) -> int:
-    return DeltaTable(uri, storage_options=lake.storage_options_for(uri)).version()
+def _table_version(uri: str, storage_options: lake.StorageOptions | None) -> int:
+    return DeltaTable(uri, storage_options=lake.resolve_storage_options(uri, storage_options)).version()

@@ -15,40 +15,43 @@ other module of the code location, its tests or its benchmarks imports from `dag
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus, PartitionBackfill
-from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
-from dagster._core.scheduler.instigation import InstigatorType
 from dagster._core.storage.db_io_manager import DbTypeHandler, TableSlice
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from dagster._core.utils import make_new_backfill_id
-from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
-from dagster._utils.schedules import cron_string_iterator
+
+_FOR_TESTS_AND_BENCHMARKS = {
+    "MIN_INTERVAL_LOOP_TIME": "dagster._daemon.sensor",
+    "InstigatorType": "dagster._core.scheduler.instigation",
+    "RegisteredCodeLocationOrigin": "dagster._core.remote_origin",
+    "RemoteRepositoryOrigin": "dagster._core.remote_origin",
+    "cron_string_iterator": "dagster._utils.schedules",
+    "freeze_time": "dagster._core.test_utils",
+}
+"""Names only tests and benchmarks use, imported on first use: the code location loads none of their modules
+(`dagster._core.test_utils` alone takes over a second), and a Dagster upgrade that moves one breaks no deployment."""
 
 
-def freeze_time(new_now: Any) -> Any:
-    """Dagster's test clock, as a context manager (tests only). Imported on use: `dagster._core.test_utils` takes
-    over a second to import, which the code location must not pay at load."""
-    from dagster._core.test_utils import freeze_time as dagster_freeze_time
-
-    return dagster_freeze_time(new_now)
+def __getattr__(name: str) -> Any:
+    """`from position_pipeline.defs.dagster_internals import X` for the test and benchmark names above."""
+    module = _FOR_TESTS_AND_BENCHMARKS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
     "BACKFILL_ID_TAG",
-    "MIN_INTERVAL_LOOP_TIME",
     "BulkActionStatus",
     "BulkActionsFilter",
     "DbTypeHandler",
-    "InstigatorType",
     "PartitionBackfill",
-    "RegisteredCodeLocationOrigin",
-    "RemoteRepositoryOrigin",
     "SqliteEventLogStorage",
     "TableSlice",
-    "cron_string_iterator",
-    "freeze_time",
     "make_new_backfill_id",
+    *_FOR_TESTS_AND_BENCHMARKS,
 ]

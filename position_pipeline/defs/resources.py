@@ -81,9 +81,6 @@ class LakeResource(dg.ConfigurableResource):
     def queue(self) -> PositionQueue:
         return PositionQueue(lake.table_uri(self.root_uri, lake.QUEUE_TABLE), self.storage_options())
 
-    def position_updates_uri(self) -> str:
-        return lake.ensure_position_updates_table(self.root_uri, self.storage_options())
-
 
 def _env_or(name: str, default: Any, kind: type = str) -> Any:
     """`dg.EnvVar(name)` when the variable is set (and not blank), else the default: Dagster has no EnvVar default."""

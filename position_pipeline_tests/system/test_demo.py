@@ -16,6 +16,7 @@ import pytest
 from deltalake import DeltaTable
 
 from position_pipeline.core import lake
+from position_pipeline_tests.support import REPO
 from position_pipeline_tests.support.services import free_port, pipeline_env, port_closed
 from position_pipeline_tests.support.waiting import wait_until
 
@@ -75,6 +76,8 @@ def test_demo_writes_rows_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             explain=last(50),
             poll=0.5,
         )
+        # The instance config the demo runs under is the repository's (run monitoring, the sync concurrency limit).
+        assert (tmp_path / "home" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
 
         updates = Path(lake.table_uri(str(tmp_path / "lake"), lake.POSITION_UPDATES_TABLE))
         wait_until(

@@ -10,8 +10,8 @@ an hour to compact is too long. Upkeep therefore runs in two sizes (`defs/schedu
   claim or mark (which rewrites every file holding a row it changes) rewrites one such file, never the whole queue;
 - the full upkeep:
   1. moves SUCCESS items older than a retention period from `positions/position_queue` to
-     `positions/position_queue_archive` (same schema), exactly once (`queue_archive`): a claim's cost then follows
-     the live queue, not its history;
+     `positions/position_queue_archive` (same schema), exactly once (`core/queue/archive.py`): a claim's cost then
+     follows the live queue, not its history;
   2. compacts small files (as above, and position_updates' closed days and the archive into large files), writes a
      checkpoint and drops expired log files, and vacuums files unreferenced for longer than a retention period.
 
