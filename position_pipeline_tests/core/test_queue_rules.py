@@ -70,6 +70,7 @@ RULES = [
     pytest.param(rules.claimed_before(None), id="claimed-before-none"),
     pytest.param(rules.failed_since(NOW), id="failed-since"),
     pytest.param(rules.failed_since(None), id="failed-since-none"),
+    pytest.param(rules.succeeded_before(NOW), id="succeeded-before"),
     pytest.param(rules.queued_between(NOW, NOW + US), id="queued-window"),
     pytest.param(rules.queued_between(None, NOW), id="queued-before"),
     pytest.param(rules.with_priority(1), id="priority"),

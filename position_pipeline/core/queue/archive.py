@@ -18,8 +18,7 @@ from deltalake import DeltaTable
 from position_pipeline.core import lake
 from position_pipeline.core.queue.arguments import utc_or_now
 from position_pipeline.core.queue.commits import retry_on_conflict, upkeep_commit_properties
-from position_pipeline.core.queue.rules import sql_timestamp
-from position_pipeline.core.terms import QueueStatus
+from position_pipeline.core.queue.rules import merge_predicate, succeeded_before
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def _archivable(
     return (
         pl.scan_delta(dt)
         .select(lake.QUEUE_SCHEMA.names())
-        .filter((pl.col("status") == QueueStatus.SUCCESS.value) & (pl.col("updated_at") < cutoff))
+        .filter(succeeded_before(cutoff).expr())
         .sort("updated_at", "request_id")
         .head(limit)
         .collect()
@@ -142,10 +141,7 @@ def _delete_archived(queue_uri: str, archived: _Archived, cutoff: datetime, opti
         return 0
     source = archived.rows.to_arrow()
     # Literal conditions first: delta-rs checks concurrent commits against them (see PositionQueue.claim).
-    predicate = (
-        f"t.status = '{QueueStatus.SUCCESS}' AND t.updated_at < '{sql_timestamp(cutoff)}' "
-        "AND t.request_id = s.request_id AND t.updated_at = s.updated_at"
-    )
+    predicate = merge_predicate(succeeded_before(cutoff), "request_id", "updated_at")
 
     def attempt() -> int:
         dt = DeltaTable(queue_uri, storage_options=options)

@@ -222,6 +222,11 @@ def failed_since(since: datetime | None) -> Rule:
     return failed if since is None else failed & Compare("updated_at", ">=", since)
 
 
+def succeeded_before(cutoff: datetime) -> Rule:
+    """SUCCESS rows last updated before `cutoff`: what table upkeep moves to the archive."""
+    return status_in(QueueStatus.SUCCESS) & Compare("updated_at", "<", cutoff)
+
+
 def merge_predicate(guard: Rule, *joined_on: str) -> str:
     """A MERGE predicate: the target-only `guard` first (delta-rs checks conflicts against its literals), then
     `t.<column> = s.<column>` for each column that ties a target row to its source row."""
