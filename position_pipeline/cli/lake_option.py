@@ -7,10 +7,10 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from position_pipeline.core.terms import LAKE_URI_VARIABLE as LAKE_ENV
+
 if TYPE_CHECKING:
     from position_pipeline.core.queue import PositionQueue
-
-LAKE_ENV = "POSITION_LAKE_URI"  # = lake.LAKE_URI_VARIABLE (tested); not imported: lake pulls in polars
 
 
 def add_lake_argument(parser: argparse.ArgumentParser, tables: str = "") -> None:

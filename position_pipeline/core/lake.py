@@ -24,13 +24,13 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+from position_pipeline.core.terms import LAKE_URI_VARIABLE
+
 logger = logging.getLogger(__name__)
 
 StorageOptions = dict[str, str]
 """delta-rs/object_store options (credentials, endpoint, region); None or {} for a local folder."""
 
-LAKE_URI_VARIABLE = "POSITION_LAKE_URI"
-"""The environment variable naming the lake root (a local folder or an object-store URI such as s3://bucket/lake)."""
 
 DEFAULT_LAKE_ROOT = ".lake"
 """The lake root when POSITION_LAKE_URI is not set, relative to the current directory."""

@@ -28,6 +28,9 @@ class Priority(IntEnum):
 MAX_ATTEMPTS = 3
 """Item-level failures after which a FAILED item is no longer claimed: the sync runs', checks' and status' default."""
 
+LAKE_URI_VARIABLE = "POSITION_LAKE_URI"
+"""The environment variable naming the lake root (a local folder or an object-store URI such as s3://bucket/lake)."""
+
 IB_HOST = "127.0.0.1"
 IB_PORT = 4002
 """IB Gateway's paper-trading API port (4001 live; TWS: 7496 live, 7497 paper)."""
