@@ -11,7 +11,6 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline.core import lake
-from position_pipeline.core.ib_reader import HeldPosition, IBSnapshot
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.core.sync import position_update_rows, snapshot_results
 from position_pipeline.definitions import defs
@@ -223,51 +222,3 @@ def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_writt
     assert updates(root).is_empty()
     assert set(queue.read().filter(pl.col("request_id").is_in(ids))["status"].to_list()) == {"PENDING"}
     assert queue.claims_by_run() == {}
-
-
-def test_snapshot_results_keep_item_order_and_judge_each_pinned_account() -> None:
-    """Items are judged once per (contract, pinned account) and joined back: order, duplicates and nulls survive."""
-    now = datetime.now(UTC)
-    held = [
-        HeldPosition("DU1", 11, "AAA", "STK", "", 0.0, "", "", "USD", "AAA", "AAA", "SMART", 5.0, 10.0, 12.0, 60.0),
-        HeldPosition("DU2", 11, "AAA", "STK", "", 0.0, "", "", "USD", "AAA", "AAA", "SMART", 7.0, 10.0, 12.0, 84.0),
-        HeldPosition("DU1", 22, "BBB", "STK", "", 0.0, "", "", "USD", "BBB", "BBB", "SMART", 1.0, 3.0, 4.0, 4.0),
-    ]
-    snapshot = IBSnapshot(now, 7, 178, ["DU1", "DU2"], ["DU1", "DU2"], held)
-    items = [
-        ("r1", 22, None),
-        ("r2", 11, "DU2"),
-        ("r3", 11, None),
-        ("r4", 33, None),
-        ("r5", 22, None),
-        ("r6", 11, "DU1"),
-    ]
-    batch = pl.DataFrame(
-        {
-            "request_id": [i[0] for i in items],
-            "conid": [i[1] for i in items],
-            "symbol": ["S"] * len(items),
-            "account": [i[2] for i in items],
-            "created_at": [now] * len(items),
-            "claimed_at": [now] * len(items),
-            "claims": [1] * len(items),
-        },
-        schema_overrides={"claims": pl.Int32, "created_at": lake.UTC_TIMESTAMP, "claimed_at": lake.UTC_TIMESTAMP},
-    )
-
-    results = snapshot_results(batch, snapshot)
-
-    assert results["request_id"].to_list() == ["r1", "r2", "r3", "r4", "r5", "r6"]
-    assert results.select("account", "position").rows() == [
-        ("DU1", 1.0),
-        ("DU2", 7.0),
-        (None, None),
-        (None, None),
-        ("DU1", 1.0),
-        ("DU1", 5.0),
-    ]
-    errors = results["error"].to_list()
-    assert errors[0] is None and errors[1] is None and errors[4] is None and errors[5] is None
-    assert errors[2].startswith("held in several accounts (DU1, DU2)")
-    assert errors[3].startswith("not held: conid 33")
-    assert set(results["client_id"].to_list()) == {7} and set(results["snapshot_at"].to_list()) == {now}
