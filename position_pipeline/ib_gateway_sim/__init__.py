@@ -1,19 +1,25 @@
 """A simulated IB Gateway: a TWS API socket-protocol server on loopback for tests, demos and benchmarks.
 
 Self-contained (imports nothing else from position_pipeline) so it can be used on its own. Layers, each usable
-alone: `framing` (bytes), `messages` (ids and layouts per server version), `state` (accounts, positions, prices),
-`faults` (what goes wrong), `hub` and `session` (protocol, no I/O), `server` (asyncio and the control API).
+alone: `framing` (bytes), `messages` (ids and layouts per server version), `contracts` (the records),
+`universe` (what a generated desk holds), `ledger` (an account's valuation and account values), `state`
+(accounts, positions, prices, rates, the valuations told), `dump` (state as JSON), `faults` (what goes wrong),
+`hub`, `request_fields`, `replies` and `session` (protocol, no I/O), `server` (asyncio and the control API).
 """
 
+from .contracts import Contract, Holding, Valuation
 from .faults import Faults
 from .hub import RequestRecord
+from .ledger import AccountValuation
 from .messages import MAX_SERVER_VERSION, MIN_SERVER_VERSION, ErrorCode
 from .server import GatewayThread, SimulatedGateway
-from .state import Contract, GatewayState, Holding
+from .state import DEFAULT_TIMEZONE, GatewayState
 
 __all__ = [
+    "DEFAULT_TIMEZONE",
     "MAX_SERVER_VERSION",
     "MIN_SERVER_VERSION",
+    "AccountValuation",
     "Contract",
     "ErrorCode",
     "Faults",
@@ -22,4 +28,5 @@ __all__ = [
     "Holding",
     "RequestRecord",
     "SimulatedGateway",
+    "Valuation",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from .faults import DEFAULT_PACING_LIMIT, Faults
 from .messages import MAX_SERVER_VERSION, MIN_SERVER_VERSION
 from .server import DEFAULT_HOST, SimulatedGateway
-from .state import GatewayState, state_summary
+from .state import DEFAULT_TIMEZONE, GatewayState, state_summary, zone_named
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=180.0,
         metavar="SECONDS",
-        help="seconds between portfolio pushes to the account-updates subscriber"
-        ", like IB's ~3 min (default: %(default)s)",
+        help="seconds between refresh ticks: every account is revalued at the live prices and pushed to its"
+        " account-updates subscriber, like IB's ~3 min; values change only then or when a position changes"
+        " (default: %(default)s)",
+    )
+    what.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help=f"the gateway's IANA time zone for the account update time and the connection time"
+        f" (default: the --state file's, else {DEFAULT_TIMEZONE}, IB's home zone)",
     )
 
     faults = parser.add_argument_group("faults to inject from the start")
@@ -77,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="refuse this client id with error 326 as if in use (repeatable)",
     )
+    faults.add_argument(
+        "--fill-before-download",
+        action="append",
+        default=[],
+        metavar="ACCOUNT:CONID:QTY",
+        help="when the first account download of ACCOUNT is asked for, first set its CONID position to QTY"
+        " (a fill between a client's reqPositions and its download; repeatable)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -91,6 +106,12 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
             raise SystemExit(f"simulate: --{name.replace('_', '-')} must be >= 0")
     if args.pacing_limit < 1:
         raise SystemExit("simulate: --pacing-limit must be >= 1")
+    if args.timezone is not None:
+        try:
+            zone_named(args.timezone)
+        except ValueError as exc:
+            raise SystemExit(f"simulate: --timezone: {exc}") from exc
+    fills = _fills(args.fill_before_download)
     if args.state:
         try:
             state = GatewayState.load(args.state)
@@ -106,7 +127,11 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
         suppress_account_download_end=args.no_account_download_end,
         pacing_limit=args.pacing_limit,
         locked_client_ids=set(args.lock_client_id),
+        fills_before_download=fills,
     )
+    unknown = set(fills) - set(state.accounts)
+    if unknown:
+        raise SystemExit(f"simulate: --fill-before-download: accounts {sorted(unknown)} are not in {state.accounts}")
     return SimulatedGateway(
         state,
         host=args.host,
@@ -114,7 +139,20 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
         faults=faults,
         price_interval=args.price_interval or None,
         portfolio_refresh=args.portfolio_refresh,
+        timezone=args.timezone,
     )
+
+
+def _fills(specs: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """`ACCOUNT:CONID:QTY` flags as the fills_before_download fault."""
+    fills: dict[str, list[tuple[int, float]]] = {}
+    for spec in specs:
+        try:
+            account, conid, quantity = spec.split(":")
+            fills.setdefault(account, []).append((int(conid), float(quantity)))
+        except ValueError:
+            raise SystemExit(f"simulate: --fill-before-download {spec!r} is not ACCOUNT:CONID:QTY") from None
+    return fills
 
 
 async def serve(gateway: SimulatedGateway, args: argparse.Namespace) -> None:
@@ -141,6 +179,7 @@ async def serve(gateway: SimulatedGateway, args: argparse.Namespace) -> None:
         print(f"State written to {args.state_out}", flush=True)
     if args.down_for:
         print(f"Refusing connections for the first {args.down_for:g} s", flush=True)
+    print(f"Time zone {gateway.state.timezone}; values refreshed every {gateway.portfolio_refresh:g} s", flush=True)
     if gateway.faults.describe():
         print(f"Faults: {gateway.faults.describe()}", flush=True)
     await gateway.serve_forever()

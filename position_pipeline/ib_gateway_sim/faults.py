@@ -30,6 +30,10 @@ class Faults:
     offline: bool = False
     # Client ids refused with 326 as if still in use (IB keeps a crashed client's id locked for a while).
     locked_client_ids: set[int] = field(default_factory=set)
+    # A fill between a client's reqPositions and its account download: account -> [(conid, new quantity)], applied
+    # (announced, and the account revalued) when the next reqAccountUpdates subscribe for that account arrives,
+    # before its download is sent; then that account's entry clears itself.
+    fills_before_download: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, object]:
         """The switches that differ from a healthy gateway, for log lines."""

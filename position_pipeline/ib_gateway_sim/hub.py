@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -82,8 +83,8 @@ class Hub:
     def subscribe_account_updates(self, session: Session, account: str) -> SubscribeOutcome:
         """IB's rule: one account at a time across all clients. The sole subscriber may switch accounts (IB warns
         with 2100); another client asking for a different account is refused (2101); the same account is shared."""
-        others = [s for s in self.account_subscribers if s is not session]
-        if self.account_updates not in (None, account) and others:
+        if self.refuses_account_updates(session, account):
+            others = [s for s in self.account_subscribers if s is not session]
             log.warning(
                 "client %s refused account updates for %s: clients %s are subscribed to %s",
                 session.client_id, account, [s.client_id for s in others], self.account_updates,
@@ -95,11 +96,27 @@ class Hub:
             self.account_subscribers.append(session)
         return SubscribeOutcome.SWITCHED if switched else SubscribeOutcome.SUBSCRIBED
 
+    def refuses_account_updates(self, session: Session, account: str) -> bool:
+        """Whether IB would refuse `session` account updates for `account` (2101): others hold another account."""
+        others = [s for s in self.account_subscribers if s is not session]
+        return self.account_updates not in (None, account) and bool(others)
+
     def unsubscribe_account_updates(self, session: Session) -> None:
         if session in self.account_subscribers:
             self.account_subscribers.remove(session)
         if not self.account_subscribers:
             self.account_updates = None
+
+    def apply_fills_before_download(self, account: str) -> None:
+        """The `fills_before_download` fault for `account`: each fill through `set_position` (announced, the
+        account revalued), then the entry clears. A conid no account holds has no contract to fill: logged."""
+        for conid, quantity in self.faults.fills_before_download.pop(account, []):
+            contract = self.state.contract(conid)
+            if contract is None:
+                log.warning("fault: fill before download of %s: conid %d is held nowhere; skipped", account, conid)
+                continue
+            log.warning("fault: fill before download: %s conid %d to %g", account, conid, quantity)
+            self.state.set_position(account, contract, quantity)
 
     def account_updates_account(self, session: Session) -> str | None:
         return self.account_updates if session in self.account_subscribers else None
@@ -110,10 +127,11 @@ class Hub:
         for session in list(self.sessions.values()):
             session.push_holding(holding)
 
-    def refresh(self, portfolio: bool, pnl: bool) -> None:
-        """Periodic pushes: portfolio values (IB: about every 3 minutes) and per-position PnL (about 1 s)."""
+    def refresh(self, portfolio: bool, pnl: bool, accounts: Collection[str] | None = None) -> None:
+        """Periodic pushes: portfolio values (IB: about every 3 minutes; only to subscribers of `accounts` when
+        given) and per-position PnL (about 1 s)."""
         for session in list(self.sessions.values()):
-            session.push_refresh(portfolio=portfolio, pnl=pnl)
+            session.push_refresh(portfolio=portfolio, pnl=pnl, accounts=accounts)
 
     def broadcast_error(self, code: int, text: str) -> None:
         for session in list(self.sessions.values()):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .contracts import Holding, Valuation
 from .framing import Field
-from .state import Holding, Valuation
 
 MIN_SERVER_VERSION = 157
 MAX_SERVER_VERSION = 178

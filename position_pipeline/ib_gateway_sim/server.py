@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from .faults import Faults
@@ -39,8 +40,14 @@ class SimulatedGateway:
         faults: Faults | None = None,
         price_interval: float | None = 1.0,
         portfolio_refresh: float = 180.0,
+        timezone: str | None = None,
     ) -> None:
+        """`portfolio_refresh`: seconds between refresh ticks (every account revalued and pushed; IB: about 3
+        min; 0: only at start, on position changes and on `revalue`). `timezone`: the gateway's IANA zone
+        (default: the state's, America/New_York unless the state says otherwise)."""
         self.hub = Hub(state or GatewayState.generate(positions=20, accounts=2), faults or Faults())
+        if timezone is not None:
+            self.hub.state.set_timezone(timezone)
         self.host = host
         self.port = port
         self.price_interval = price_interval
@@ -55,6 +62,8 @@ class SimulatedGateway:
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Value every account once (the first download's values), then listen and run the clocks."""
+        self.state.revalue()
         await self._listen()
         if self.price_interval:
             self._tasks.append(asyncio.create_task(self._clock(self.price_interval, prices=True)))
@@ -171,8 +180,16 @@ class SimulatedGateway:
         self.state.move_prices()
         self.hub.refresh(portfolio=False, pnl=True)
 
+    def revalue(self, account: str | None = None, at: datetime | None = None) -> datetime:
+        """A refresh tick at `at` (timezone-aware; default now): revalue `account` (every account when None) at
+        the live prices and push the values to its account-updates subscriber. Returns the tick in UTC."""
+        when = self.state.revalue(account, at)
+        self.hub.refresh(portfolio=True, pnl=False, accounts=None if account is None else [account])
+        return when
+
     def refresh_portfolios(self) -> None:
-        self.hub.refresh(portfolio=True, pnl=False)
+        """The periodic refresh tick: every account revalued now and pushed."""
+        self.revalue()
 
     # --- I/O -------------------------------------------------------------------------------------------------
 
@@ -302,6 +319,10 @@ class GatewayThread:
 
     def requests(self) -> list[RequestRecord]:
         return self.call(lambda gw: gw.requests)
+
+    def revalue(self, account: str | None = None, at: datetime | None = None) -> datetime:
+        """`SimulatedGateway.revalue` on the gateway's loop: a refresh tick at a chosen moment."""
+        return self.call(lambda gw: gw.revalue(account, at))
 
     def set_faults(self, **changes: Any) -> None:
         """Change fault switches (see `Faults`) while clients are connected."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection
 from enum import Enum
 
 from . import messages as m
+from . import replies
+from .contracts import Holding
 from .framing import (
     HANDSHAKE_PREFIX,
     Field,
@@ -27,18 +28,9 @@ from .framing import (
 )
 from .hub import Hub, SubscribeOutcome
 from .messages import ErrorCode, In
-from .state import Holding
+from .request_fields import RequestError, account_field, bool_field, int_field, req_id_of
 
 log = logging.getLogger(__name__)
-
-# Position of the request id in requests that carry one (after the message id and, for most, a version field).
-_REQ_ID_INDEX: dict[int, int] = {
-    In.REQ_MKT_DATA: 2, In.CANCEL_MKT_DATA: 2, In.REQ_CONTRACT_DATA: 2, In.REQ_MKT_DEPTH: 2,
-    In.REQ_HISTORICAL_DATA: 1, In.REQ_REAL_TIME_BARS: 2, In.REQ_ACCOUNT_SUMMARY: 2, In.REQ_POSITIONS_MULTI: 2,
-    In.REQ_HISTOGRAM_DATA: 1, In.REQ_PNL: 1, In.REQ_HISTORICAL_TICKS: 1, In.REQ_TICK_BY_TICK_DATA: 1,
-    In.REQ_EXECUTIONS: 2, In.REQ_ACCOUNT_UPDATES_MULTI: 2, In.REQ_PNL_SINGLE: 1,
-    In.PLACE_ORDER: 1, In.CANCEL_ORDER: 2,
-}  # fmt: skip
 
 
 class Phase(Enum):
@@ -46,18 +38,6 @@ class Phase(Enum):
     START_API = "start_api"
     READY = "ready"
     CLOSED = "closed"
-
-
-class RequestError(Exception):
-    """A field of a request could not be read: IB answers 320 and keeps the connection."""
-
-    code = ErrorCode.SERVER_ERROR_READING_REQUEST
-
-
-class InvalidRequest(RequestError):
-    """A request was read but names something the gateway does not have: IB answers 321."""
-
-    code = ErrorCode.SERVER_ERROR_VALIDATING_REQUEST
 
 
 class Session:
@@ -91,14 +71,15 @@ class Session:
             In.CANCEL_ACCOUNT_SUMMARY: lambda fields: None,  # the summary is sent once; nothing to stop
             In.REQ_PNL_SINGLE: self._req_pnl_single,
             In.CANCEL_PNL_SINGLE: self._cancel_pnl_single,
-            In.REQ_EXECUTIONS: self._req_executions,
-            In.REQ_OPEN_ORDERS: self._req_open_orders,
-            In.REQ_ALL_OPEN_ORDERS: self._req_open_orders,
+            # read-only, so no executions and no orders: only the ends
+            In.REQ_EXECUTIONS: lambda fields: self._reply(m.execution_data_end(int_field(fields, 2, "reqId"))),
+            In.REQ_OPEN_ORDERS: lambda fields: self._reply(m.open_order_end()),
+            In.REQ_ALL_OPEN_ORDERS: lambda fields: self._reply(m.open_order_end()),
+            In.REQ_COMPLETED_ORDERS: lambda fields: self._reply(m.completed_orders_end()),
             In.REQ_AUTO_OPEN_ORDERS: self._req_auto_open_orders,
-            In.REQ_COMPLETED_ORDERS: self._req_completed_orders,
-            In.REQ_CURRENT_TIME: self._req_current_time,
-            In.REQ_IDS: self._req_ids,
-            In.REQ_MANAGED_ACCTS: self._req_managed_accounts,
+            In.REQ_CURRENT_TIME: lambda fields: self._reply(m.current_time(int(time.time()))),
+            In.REQ_IDS: lambda fields: self._reply(m.next_valid_id(self.hub.next_order_id)),
+            In.REQ_MANAGED_ACCTS: lambda fields: self._reply(m.managed_accounts(self.hub.state.accounts)),
             In.REQ_MARKET_DATA_TYPE: lambda fields: None,  # a setting only; nothing to answer
             In.PLACE_ORDER: self._refuse_order,
             In.CANCEL_ORDER: self._refuse_order,
@@ -148,17 +129,18 @@ class Session:
         if self.positions_subscribed:
             self._send(m.position_data(holding))
         if self.hub.account_updates_account(self) == holding.account:
-            self._send(m.portfolio_value(holding, self.hub.state.valuation(holding)))
-            self._send(m.account_update_time(_hh_mm()))
+            for fields in replies.portfolio_push(self.hub.state, holding):
+                self._send(fields)
         self._send_pnl_for(holding)
         self.on_output()
 
-    def push_refresh(self, portfolio: bool, pnl: bool) -> None:
-        """Periodic updates: the portfolio of the subscribed account, and every PnL subscription."""
+    def push_refresh(self, portfolio: bool, pnl: bool, accounts: Collection[str] | None = None) -> None:
+        """Periodic updates: the portfolio of the subscribed account (if in `accounts`, when given), and every PnL
+        subscription."""
         if self.phase is not Phase.READY or self.hub.faults.offline:
             return
         account = self.hub.account_updates_account(self) if portfolio else None
-        if account is not None:
+        if account is not None and (accounts is None or account in accounts):
             self._send_account_download(account, end=False)
         for req_id in list(self.pnl_subscriptions) if pnl else []:
             self._send_pnl(req_id)
@@ -206,8 +188,7 @@ class Session:
             return b""
         self.server_version = version
         self.phase = Phase.START_API
-        connection_time = datetime.now(UTC).strftime("%Y%m%d %H:%M:%S UTC")
-        self._send([version, connection_time])
+        self._send([version, replies.connection_time(self.hub.state)])
         log.info("connection %d: server version %d negotiated (client offered %s)", self.connection, version, offer)
         return rest
 
@@ -231,7 +212,7 @@ class Session:
                 handler(fields)
             elif msg_id in m.MARKET_DATA_REQUESTS:
                 self._reply_error(
-                    self._req_id(fields, msg_id), ErrorCode.MARKET_DATA_NOT_SUBSCRIBED,
+                    req_id_of(fields, msg_id), ErrorCode.MARKET_DATA_NOT_SUBSCRIBED,
                     m.error_text(ErrorCode.MARKET_DATA_NOT_SUBSCRIBED),
                 )  # fmt: skip
             elif msg_id in In._value2member_map_ and In(msg_id).is_cancel:
@@ -239,7 +220,7 @@ class Session:
             elif msg_id in In._value2member_map_:
                 detail = f"{name} is not supported by the simulated gateway"
                 self._reply_error(
-                    self._req_id(fields, msg_id), ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                    req_id_of(fields, msg_id), ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
                     m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST, request=name, detail=detail),
                 )  # fmt: skip
             else:
@@ -257,7 +238,7 @@ class Session:
                 if exc.code is ErrorCode.SERVER_ERROR_VALIDATING_REQUEST
                 else m.error_text(exc.code, detail=f"{name}: {exc}")
             )
-            self._send_error(self._req_id(fields, msg_id), exc.code, text)
+            self._send_error(req_id_of(fields, msg_id), exc.code, text)
 
     def _start_api(self, fields: list[str]) -> None:
         if fields[0] != str(int(In.START_API)) or len(fields) < 3:
@@ -303,85 +284,62 @@ class Session:
         self.positions_subscribed = False
 
     def _req_account_updates(self, fields: list[str]) -> None:
-        if not _bool(fields, 2, "subscribe"):
+        if not bool_field(fields, 2, "subscribe"):
             self.hub.unsubscribe_account_updates(self)  # whatever the account field says
             return
-        account = self._account(fields, 3, allow_empty_single=True)
+        account = account_field(fields, 3, self.hub.state.accounts, allow_empty_single=True)
+        if not self.hub.refuses_account_updates(self, account):
+            self.hub.apply_fills_before_download(account)
         outcome = self.hub.subscribe_account_updates(self, account)
-        if outcome is SubscribeOutcome.REFUSED:
-            self._reply_error(
-                m.NO_REQ_ID, ErrorCode.ACCOUNT_UPDATES_REFUSED, m.error_text(ErrorCode.ACCOUNT_UPDATES_REFUSED)
-            )
-            return
-        if outcome is SubscribeOutcome.SWITCHED:
-            self._reply_error(
-                m.NO_REQ_ID, ErrorCode.ACCOUNT_UPDATES_SWITCHED, m.error_text(ErrorCode.ACCOUNT_UPDATES_SWITCHED)
-            )
-        self._send_account_download(account, end=True)
+        warning = {SubscribeOutcome.REFUSED: ErrorCode.ACCOUNT_UPDATES_REFUSED,
+                   SubscribeOutcome.SWITCHED: ErrorCode.ACCOUNT_UPDATES_SWITCHED}.get(outcome)  # fmt: skip
+        if warning is not None:
+            self._reply_error(m.NO_REQ_ID, warning, m.error_text(warning))
+        if outcome is not SubscribeOutcome.REFUSED:  # a refused subscription gets no download (2101)
+            self._send_account_download(account, end=True)
 
     def _send_account_download(self, account: str, end: bool) -> None:
-        state = self.hub.state
-        for key, value, currency in state.account_values(account):
-            self._reply(m.account_value(key, value, currency, account))
-        for holding in state.positions(account):
-            self._reply(m.portfolio_value(holding, state.valuation(holding)))
-        self._reply(m.account_update_time(_hh_mm()))
-        if end and not self.hub.faults.suppress_account_download_end:
-            self._reply(m.account_download_end(account))
+        end = end and not self.hub.faults.suppress_account_download_end
+        for fields in replies.account_download(self.hub.state, account, end):
+            self._reply(fields)
 
     def _req_account_updates_multi(self, fields: list[str]) -> None:
-        req_id = _int(fields, 2, "reqId")
-        account = self._account(fields, 3)
+        req_id = int_field(fields, 2, "reqId")
+        account = account_field(fields, 3, self.hub.state.accounts)
         model_code = fields[4] if len(fields) > 4 else ""
         self.multi_subscriptions[req_id] = account
-        for key, value, currency in self.hub.state.account_values(account):
-            self._reply(m.account_update_multi(req_id, account, model_code, key, value, currency))
-        self._reply(m.account_update_multi_end(req_id))
+        for reply in replies.account_updates_multi(self.hub.state, req_id, account, model_code):
+            self._reply(reply)
 
     def _cancel_account_updates_multi(self, fields: list[str]) -> None:
-        self.multi_subscriptions.pop(_int(fields, 2, "reqId"), None)
+        self.multi_subscriptions.pop(int_field(fields, 2, "reqId"), None)
 
     def _req_account_summary(self, fields: list[str]) -> None:
         """reqAccountSummary [62, 1, reqId, group, tags]: the requested tags of every account (ib_async sends it
         by itself after error 1102)."""
-        req_id = _int(fields, 2, "reqId")
+        req_id = int_field(fields, 2, "reqId")
         tags = {t for t in (fields[4] if len(fields) > 4 else "").split(",") if t}
-        for account in self.hub.state.accounts:
-            for key, value, currency in self.hub.state.account_values(account):
-                if not tags or key in tags:
-                    self._reply(m.account_summary(req_id, account, key, value, currency))
-        self._reply(m.account_summary_end(req_id))
+        for reply in replies.account_summary(self.hub.state, req_id, tags):
+            self._reply(reply)
 
     def _req_pnl_single(self, fields: list[str]) -> None:
-        req_id = _int(fields, 1, "reqId")
-        account = self._account(fields, 2)
-        conid = _int(fields, 4, "conId")
+        req_id = int_field(fields, 1, "reqId")
+        account = account_field(fields, 2, self.hub.state.accounts)
+        conid = int_field(fields, 4, "conId")
         self.pnl_subscriptions[req_id] = (account, conid)
         self._send_pnl(req_id)
 
     def _cancel_pnl_single(self, fields: list[str]) -> None:
-        self.pnl_subscriptions.pop(_int(fields, 1, "reqId"), None)
+        self.pnl_subscriptions.pop(int_field(fields, 1, "reqId"), None)
 
     def _send_pnl(self, req_id: int) -> None:
         account, conid = self.pnl_subscriptions[req_id]
-        holding = self.hub.state.holding(account, conid)
-        if holding is None:
-            self._reply(m.pnl_single(req_id, 0, 0.0, 0.0, 0.0, 0.0))
-            return
-        value = self.hub.state.valuation(holding)
-        self._reply(m.pnl_single(req_id, holding.quantity, 0.0, value.unrealized_pnl, value.realized_pnl,
-                                 value.market_value))  # fmt: skip
+        self._reply(replies.pnl(self.hub.state, req_id, account, conid))
 
     def _send_pnl_for(self, holding: Holding) -> None:
         for req_id, key in self.pnl_subscriptions.items():
             if key == (holding.account, holding.contract.conid):
                 self._send_pnl(req_id)
-
-    def _req_executions(self, fields: list[str]) -> None:
-        self._reply(m.execution_data_end(_int(fields, 2, "reqId")))
-
-    def _req_open_orders(self, fields: list[str]) -> None:
-        self._reply(m.open_order_end())
 
     def _req_auto_open_orders(self, fields: list[str]) -> None:
         if self.client_id != 0:
@@ -390,21 +348,9 @@ class Session:
                               m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
                                            request="reqAutoOpenOrders", detail=detail))  # fmt: skip
 
-    def _req_completed_orders(self, fields: list[str]) -> None:
-        self._reply(m.completed_orders_end())
-
-    def _req_current_time(self, fields: list[str]) -> None:
-        self._reply(m.current_time(int(time.time())))
-
-    def _req_ids(self, fields: list[str]) -> None:
-        self._reply(m.next_valid_id(self.hub.next_order_id))
-
-    def _req_managed_accounts(self, fields: list[str]) -> None:
-        self._reply(m.managed_accounts(self.hub.state.accounts))
-
     def _refuse_order(self, fields: list[str]) -> None:
         msg_id = int(fields[0])
-        order_id = self._req_id(fields, msg_id)
+        order_id = req_id_of(fields, msg_id)
         log.warning("connection %d (client %s): order request %s refused: read-only API",
                     self.connection, self.client_id, In(msg_id).name)  # fmt: skip
         self._send_error(order_id, ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
@@ -412,24 +358,6 @@ class Session:
                                       request=f"bW{order_id}", detail=m.READ_ONLY_DETAIL))  # fmt: skip
 
     # --- helpers ---------------------------------------------------------------------------------------------
-
-    def _account(self, fields: list[str], index: int, allow_empty_single: bool = False) -> str:
-        accounts = self.hub.state.accounts
-        account = fields[index] if len(fields) > index else ""
-        if not account and allow_empty_single and len(accounts) == 1:
-            return accounts[0]
-        if account not in accounts:
-            raise InvalidRequest(f"account {account!r} is not managed by this gateway ({','.join(accounts)})")
-        return account
-
-    def _req_id(self, fields: list[str], msg_id: int, default: int = m.NO_REQ_ID) -> int:
-        index = _REQ_ID_INDEX.get(msg_id)
-        if index is None or len(fields) <= index:
-            return default
-        try:
-            return int(fields[index])
-        except ValueError:
-            return default
 
     def _over_pacing_limit(self) -> bool:
         now = self._clock()
@@ -466,24 +394,3 @@ class Session:
         if limit is not None and self.messages_sent >= limit:
             log.warning("connection %d: fault: dropping the connection after %d messages", self.connection, limit)
             self.close(f"fault: dropped after {limit} messages")
-
-
-def _int(fields: list[str], index: int, name: str) -> int:
-    if len(fields) <= index:
-        raise RequestError(f"field {name} (#{index}) is missing")
-    try:
-        return int(fields[index])
-    except ValueError as exc:
-        raise RequestError(f"field {name} (#{index}) is not an integer: {fields[index][:20]!r}") from exc
-
-
-def _bool(fields: list[str], index: int, name: str) -> bool:
-    value = _int(fields, index, name)
-    if value not in (0, 1):
-        raise RequestError(f"field {name} (#{index}) is not a boolean: {value}")
-    return bool(value)
-
-
-def _hh_mm() -> str:
-    """ACCT_UPDATE_TIME carries only hours and minutes; the simulator's clock is UTC."""
-    return datetime.now(UTC).strftime("%H:%M")

@@ -1,23 +1,19 @@
-"""The gateway's accounts, contracts, positions and prices: seeded generation, the JSON form, changes announced to
-listeners, seeded price moves, and the valuation IB reports in portfolio updates."""
+"""The gateway's accounts, contracts and positions: the seeded desk (base currencies, contracts held in several
+accounts, non-USD listings), changes announced to listeners, and seeded price and exchange-rate moves. Valuations
+are in test_valuation.py, the JSON form in test_dump.py."""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
-from typing import Any
+from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 
 from position_pipeline.ib_gateway_sim.state import SEC_TYPES, Contract, GatewayState, Holding, state_summary
+from position_pipeline_tests.support.sim_contracts import AAPL, AAPL_CALL
 
-AAPL = Contract(265598, "AAPL", "STK", "USD", "NASDAQ", "AAPL", "NMS")
-AAPL_CALL = Contract(
-    700_000_001, "AAPL", "OPT", "USD", "SMART", "AAPL  270115C00230000", "AAPL", "20270115", 230.0, "C", "100"
-)
-ES = Contract(500_000_000, "ES", "FUT", "USD", "CME", "ESH7", "ES", "202703", 0.0, "", "50")
-EURUSD = Contract(400_000_000, "EUR", "CASH", "USD", "IDEALPRO", "EUR.USD", "EUR.USD")
+MOMENT = datetime(2027, 1, 4, 15, 30, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +31,8 @@ def by_type(state: GatewayState, sec_type: str) -> list[Holding]:
 def test_generate_is_deterministic_per_seed() -> None:
     first = GatewayState.generate(positions=120, accounts=3, seed=42)
     second = GatewayState.generate(positions=120, accounts=3, seed=42)
+    for state in (first, second):  # each was valued when generated: give both the same moment
+        state.revalue(at=MOMENT)
     assert first.to_json() == second.to_json()
     assert first.holdings == second.holdings and first.prices == second.prices
 
@@ -53,7 +51,10 @@ def test_generate_spreads_positions_round_robin_over_paper_accounts(big: Gateway
     assert counts == [67, 67, 66]
     for (account, conid), holding in big.holdings.items():
         assert (holding.account, holding.contract.conid) == (account, conid)
-    assert big.cash == dict.fromkeys(big.accounts, 1_000_000.0)
+    assert {account: cash[big.base_currency(account)] for account, cash in big.cash.items()} == dict.fromkeys(
+        big.accounts, 1_000_000.0
+    )  # each account holds a million of its base currency, and maybe some of one other
+    assert all(len(cash) <= 2 for cash in big.cash.values())
 
 
 def test_generate_covers_every_sec_type(big: GatewayState) -> None:
@@ -121,87 +122,6 @@ def test_generate_rejects_bad_sizes() -> None:
 def test_generate_with_no_positions() -> None:
     state = GatewayState.generate(positions=0, accounts=2)
     assert state.holdings == {} and state.accounts == ["DU1000001", "DU1000002"]
-
-
-# --- JSON -----------------------------------------------------------------------------------------------------------
-
-
-def test_json_round_trip(big: GatewayState) -> None:
-    data = json.loads(json.dumps(big.to_json()))
-    loaded = GatewayState.from_json(data)
-    assert loaded.to_json() == big.to_json()
-    assert loaded.holdings == big.holdings
-    assert loaded.prices == big.prices
-    assert loaded.accounts == big.accounts and loaded.cash == big.cash and loaded.seed == big.seed
-
-
-def test_save_and_load(tmp_path: Path, big: GatewayState) -> None:
-    path = tmp_path / "state.json"
-    big.save(path)
-    assert GatewayState.load(path).to_json() == big.to_json()
-
-
-def test_to_json_nulls_where_a_contract_has_no_such_field() -> None:
-    state = GatewayState(accounts=["DU1"])
-    for contract, price in ((AAPL, 151.5), (AAPL_CALL, 6.0), (ES, 6000.0), (EURUSD, 1.05)):
-        state.set_position("DU1", contract, 1.0, market_price=price)
-    rows = {row["sec_type"]: row for row in state.to_json()["positions"]}
-    optional = {kind: tuple(row[k] for k in ("right", "strike", "expiry", "multiplier")) for kind, row in rows.items()}
-    assert optional == {
-        "STK": (None, None, None, None),
-        "OPT": ("C", 230.0, "20270115", "100"),
-        "FUT": (None, None, "202703", "50"),
-        "CASH": (None, None, None, None),
-    }
-    assert rows["STK"]["market_value"] == 151.5 and rows["OPT"]["market_value"] == 600.0
-
-
-def _one_position_json() -> dict[str, Any]:
-    state = GatewayState(accounts=["DU1"])
-    state.set_position("DU1", AAPL, 10.0, average_cost=150.0, market_price=151.5)
-    return state.to_json()
-
-
-def test_from_json_bad_sec_type_names_the_field() -> None:
-    data = _one_position_json()
-    data["positions"][0]["sec_type"] = "BOND"
-    with pytest.raises(ValueError, match=r"positions\[0\]\.sec_type: 'BOND'"):
-        GatewayState.from_json(data)
-
-
-def test_from_json_unknown_account_names_the_field() -> None:
-    data = _one_position_json()
-    data["positions"][0]["account"] = "DU999"
-    with pytest.raises(ValueError, match=r"positions\[0\]\.account: 'DU999'"):
-        GatewayState.from_json(data)
-
-
-@pytest.mark.parametrize("key", ["conid", "symbol", "sec_type", "account", "quantity", "average_cost", "market_price"])
-def test_from_json_missing_key_names_the_field(key: str) -> None:
-    data = _one_position_json()
-    del data["positions"][0][key]
-    with pytest.raises(ValueError, match=rf"positions\[0\]\.{key}: missing"):
-        GatewayState.from_json(data)
-
-
-def test_from_json_non_numeric_quantity_names_the_field() -> None:
-    data = _one_position_json()
-    data["positions"][0]["quantity"] = "lots"
-    with pytest.raises(ValueError, match=r"positions\[0\]\.quantity: 'lots' is not a number"):
-        GatewayState.from_json(data)
-
-
-def test_from_json_missing_accounts_names_the_field() -> None:
-    with pytest.raises(ValueError, match="'accounts'"):
-        GatewayState.from_json({"positions": []})
-
-
-def test_from_json_derives_values_from_quantity_cost_and_price() -> None:
-    data = _one_position_json()
-    data["positions"][0]["market_value"] = 1.0  # ignored: derived on load
-    data["positions"][0]["unrealized_pnl"] = 1.0
-    row = GatewayState.from_json(data).to_json()["positions"][0]
-    assert (row["market_value"], row["unrealized_pnl"]) == (1515.0, 15.0)
 
 
 # --- changes --------------------------------------------------------------------------------------------------------
@@ -285,50 +205,62 @@ def test_move_prices_differs_with_the_seed() -> None:
     assert state_a.prices != state_b.prices
 
 
-@pytest.mark.parametrize(
-    ("contract", "quantity", "price", "average_cost", "market_value", "unrealized"),
-    [
-        (AAPL, 100.0, 151.5, 150.25, 15150.0, 125.0),
-        (AAPL, -50.0, 151.5, 160.0, -7575.0, 425.0),
-        (AAPL_CALL, -3.0, 6.0, 512.5, -1800.0, -262.5),
-        (ES, 2.0, 6001.25, 299_000.0, 600_125.0, 2125.0),
-        (EURUSD, 25_000.0, 1.0512, 1.05, 26_280.0, 30.0),
-        (AAPL, 3.0, 0.3333, 0.0, 1.0, 1.0),  # 0.9999 rounds to cents
-        (AAPL, 0.0, 151.5, 150.25, 0.0, 0.0),
-    ],
-)
-def test_valuation(
-    contract: Contract,
-    quantity: float,
-    price: float,
-    average_cost: float,
-    market_value: float,
-    unrealized: float,
-) -> None:
-    state = GatewayState(accounts=["DU1"])
-    holding = state.set_position("DU1", contract, quantity, average_cost=average_cost, market_price=price)
-    value = state.valuation(holding)
-    assert value.market_price == price
-    assert value.market_value == market_value
-    assert value.unrealized_pnl == unrealized
-    assert value.realized_pnl == 0.0
+def test_exchange_rates_move_with_the_prices_and_forex_pairs_follow_them() -> None:
+    state = GatewayState.generate(positions=60, accounts=2, seed=9)
+    before = dict(state.fx_rates)
+    state.move_prices()
+    assert state.fx_rates["USD"] == 1.0
+    assert all(state.fx_rates[c] != before[c] for c in before if c != "USD")
+    assert all(abs(state.fx_rates[c] / before[c] - 1) < 0.01 for c in before)
+    pairs = [h.contract for h in state.positions() if h.contract.sec_type == "CASH"]
+    assert pairs
+    for pair in pairs:
+        expected = state.fx_rates[pair.symbol] / state.fx_rates[pair.currency]
+        assert state.prices[pair.conid] == pytest.approx(expected, rel=1e-4)
 
 
-def test_valuation_of_every_generated_holding(big: GatewayState) -> None:
-    for h in big.positions():
-        value = big.valuation(h)
-        expected = round(h.quantity * big.prices[h.contract.conid] * h.contract.multiplier_value, 2)
-        assert value.market_value == expected
-        assert value.unrealized_pnl == round(expected - h.quantity * h.average_cost, 2)
+# --- the desk: base currencies, shared contracts, listings in several currencies ------------------------------------
 
 
-def test_account_values_agree_with_the_holdings() -> None:
-    state = GatewayState(accounts=["DU1"])
-    state.set_position("DU1", AAPL, 100.0, average_cost=150.25, market_price=151.5)
-    state.set_position("DU1", AAPL_CALL, -3.0, average_cost=512.5, market_price=6.0)
-    values = {key: (value, currency) for key, value, currency in state.account_values("DU1")}
-    assert values["AccountCode"] == ("DU1", "")
-    assert values["NetLiquidation"] == ("1013350.00", "USD")  # 1,000,000 + 15,150 - 1,800
-    assert values["GrossPositionValue"] == ("16950.00", "USD")
-    assert values["UnrealizedPnL"] == ("-137.50", "USD")
-    assert values["TotalCashValue"] == ("1000000.00", "USD")
+@pytest.fixture(scope="module")
+def desk() -> GatewayState:
+    """What the suite's `sim_state` fixture holds."""
+    return GatewayState.generate(positions=60, accounts=3, seed=7)
+
+
+def test_the_last_of_several_accounts_has_a_eur_base(desk: GatewayState) -> None:
+    assert desk.base_currencies == {"DU1000001": "USD", "DU1000002": "USD", "DU1000003": "EUR"}
+    assert GatewayState.generate(positions=3, accounts=1).base_currencies == {"DU1000001": "USD"}
+    assert GatewayState(accounts=["DU1"]).base_currency("DU1") == "USD"
+    assert GatewayState(accounts=["DU1"]).cash == {"DU1": {"USD": 1_000_000.0}}
+
+
+def test_the_desk_holds_contracts_in_two_and_in_three_accounts(desk: GatewayState) -> None:
+    accounts_per_conid = Counter(h.contract.conid for h in desk.positions())
+    spread = Counter(accounts_per_conid.values())
+    assert spread[2] >= 5 and spread[3] >= 2, spread
+    assert len(desk.holdings) == 60  # still one holding per (account, conid)
+
+
+def test_usd_accounts_hold_eur_gbp_and_jpy_listings(desk: GatewayState) -> None:
+    usd_accounts = [a for a in desk.accounts if desk.base_currency(a) == "USD"]
+    listed = {h.contract.currency for a in usd_accounts for h in desk.positions(a) if h.contract.sec_type == "STK"}
+    assert {"USD", "EUR", "GBP", "JPY"} <= listed
+    assert any(h.contract.currency != "EUR" for h in desk.positions("DU1000003"))  # the EUR account holds USD
+
+
+def test_non_usd_listings_are_priced_in_their_currency(big: GatewayState) -> None:
+    """Seed 1 with 200 positions draws every kind of non-USD contract."""
+    listings = {h.contract.symbol: h.contract for h in big.positions() if h.contract.currency != "USD"}
+    exchanges = {(c.symbol, c.exchange, c.currency) for c in listings.values() if c.sec_type in ("STK", "FUT")}
+    assert {("SAP", "IBIS", "EUR"), ("SHEL", "LSE", "GBP"), ("7203", "TSEJ", "JPY")} <= exchanges, exchanges
+    assert listings["FESX"].exchange == "EUREX" and listings["FESX"].multiplier == "10"
+    for contract in listings.values():
+        price = big.prices[contract.conid]
+        if contract.currency == "JPY" and contract.sec_type == "STK":
+            assert 2_000 < price < 4_000  # yen, not dollars
+        if contract.symbol in ("SHEL", "AZN"):
+            assert 10 < price < 200  # pounds, not pence
+    pairs = {h.contract.local_symbol: h.contract.currency for h in big.positions() if h.contract.sec_type == "CASH"}
+    assert all(currency == local[-3:] for local, currency in pairs.items())  # a pair is priced in its quote
+    assert big.contract(265598) is None or big.contract(265598) == AAPL

@@ -9,17 +9,14 @@ from position_pipeline.ib_gateway_sim.framing import HANDSHAKE_PREFIX, Field, Fr
 from position_pipeline.ib_gateway_sim.hub import Hub
 from position_pipeline.ib_gateway_sim.messages import In
 from position_pipeline.ib_gateway_sim.session import Phase, Session
-from position_pipeline.ib_gateway_sim.state import Contract, GatewayState
+from position_pipeline.ib_gateway_sim.state import GatewayState
+from position_pipeline_tests.support.sim_contracts import AAPL as AAPL  # the session tests' contracts
+from position_pipeline_tests.support.sim_contracts import AAPL_CALL as AAPL_CALL
+from position_pipeline_tests.support.sim_contracts import MSFT as MSFT
 
-CONNECTION_TIME = re.compile(r"^\d{8} \d{2}:\d{2}:\d{2} UTC$")
+CONNECTION_TIME = re.compile(r"^\d{8} \d{2}:\d{2}:\d{2} [A-Z]{3,5}$")  # local time and zone: EST, EDT, JST
 HH_MM = re.compile(r"^\d{2}:\d{2}$")
 READ_ONLY = "The API interface is currently in Read-Only mode."
-
-AAPL = Contract(265598, "AAPL", "STK", "USD", "NASDAQ", "AAPL", "NMS")
-AAPL_CALL = Contract(
-    700_000_001, "AAPL", "OPT", "USD", "SMART", "AAPL  270115C00230000", "AAPL", "20270115", 230.0, "C", "100"
-)
-MSFT = Contract(101_000, "MSFT", "STK", "USD", "NASDAQ", "MSFT", "NMS")
 
 
 class Clock:

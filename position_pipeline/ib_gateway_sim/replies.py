@@ -1,0 +1,70 @@
+"""The replies built from the state's told valuations: the account download (reqAccountUpdates), account values
+for reqAccountUpdatesMulti and reqAccountSummary, a changed holding's portfolio push, PnL, and the handshake's
+connection time. State in, field lists out: no I/O and no session state, so each is tested on its own.
+
+Portfolio and account values come from the account's last valuation (`GatewayState.valuation`,
+`account_values`), never from the live price; reqPnLSingle is the exception, as with IB: PnL subscriptions are
+computed in real time, apart from the account window.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from . import messages as m
+from .contracts import Holding
+from .framing import Field
+from .state import GatewayState
+
+
+def account_download(state: GatewayState, account: str, end: bool) -> list[list[Field]]:
+    """IB's order: ACCT_VALUE rows, PORTFOLIO_VALUE per holding, ACCT_UPDATE_TIME, then (if `end`)
+    ACCT_DOWNLOAD_END. A refresh tick sends the same without the end."""
+    frames = [m.account_value(key, value, currency, account) for key, value, currency in state.account_values(account)]
+    frames += [m.portfolio_value(holding, state.valuation(holding)) for holding in state.positions(account)]
+    frames.append(m.account_update_time(state.account_update_time(account)))
+    if end:
+        frames.append(m.account_download_end(account))
+    return frames
+
+
+def portfolio_push(state: GatewayState, holding: Holding) -> list[list[Field]]:
+    """A changed holding for its account's updates subscriber: its new values and the account's update time."""
+    return [
+        m.portfolio_value(holding, state.valuation(holding)),
+        m.account_update_time(state.account_update_time(holding.account)),
+    ]
+
+
+def account_updates_multi(state: GatewayState, req_id: int, account: str, model_code: str) -> list[list[Field]]:
+    rows = state.account_values(account)
+    frames = [m.account_update_multi(req_id, account, model_code, key, value, ccy) for key, value, ccy in rows]
+    frames.append(m.account_update_multi_end(req_id))
+    return frames
+
+
+def account_summary(state: GatewayState, req_id: int, tags: set[str]) -> list[list[Field]]:
+    """The requested tags (all when empty) of every account, then the end."""
+    frames = [
+        m.account_summary(req_id, account, key, value, currency)
+        for account in state.accounts
+        for key, value, currency in state.account_values(account)
+        if not tags or key in tags
+    ]
+    frames.append(m.account_summary_end(req_id))
+    return frames
+
+
+def pnl(state: GatewayState, req_id: int, account: str, conid: int) -> list[Field]:
+    """PNL_SINGLE at the live price (zeros for a contract the account does not hold)."""
+    holding = state.holding(account, conid)
+    if holding is None:
+        return m.pnl_single(req_id, 0, 0.0, 0.0, 0.0, 0.0)
+    value = state.live_valuation(holding)
+    return m.pnl_single(req_id, holding.quantity, 0.0, value.unrealized_pnl, value.realized_pnl, value.market_value)
+
+
+def connection_time(state: GatewayState, now: datetime | None = None) -> str:
+    """The handshake's `YYYYMMDD HH:MM:SS TZ`: the gateway's local time with its zone's abbreviation."""
+    local = (now or datetime.now(state.zone)).astimezone(state.zone)
+    return local.strftime("%Y%m%d %H:%M:%S %Z")
