@@ -222,3 +222,67 @@ def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_writt
     assert updates(root).is_empty()
     assert set(queue.read().filter(pl.col("request_id").is_in(ids))["status"].to_list()) == {"PENDING"}
     assert queue.claims_by_run() == {}
+
+
+def holders_by_conid(state: GatewayState) -> dict[int, set[str]]:
+    held: dict[int, set[str]] = {}
+    for h in state.positions():
+        held.setdefault(h.contract.conid, set()).add(h.account)
+    return held
+
+
+def test_items_without_an_account_get_a_row_for_every_holding_account_in_one_commit(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    holders = holders_by_conid(sim_state)
+    shared = sorted(c for c, accounts in holders.items() if len(accounts) >= 2)[:6]
+    single = sorted(c for c, accounts in holders.items() if len(accounts) == 1)[:4]
+    assert len(shared) == 6 and len(single) == 4
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = queue.insert_many([(c, "S") for c in shared + single])
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    table = updates(root)
+    expected = {(rid, a) for rid, c in zip(ids, shared + single, strict=True) for a in holders[c]}
+    assert set(table.select("request_id", "account").iter_rows()) == expected
+    assert table.height == len(expected) > len(ids)
+    assert DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version() == 1  # create + one append
+    assert set(queue.read()["status"].to_list()) == {QueueStatus.SUCCESS}
+    for row in table.iter_rows(named=True):
+        holding = sim_state.holding(row["account"], row["conid"])
+        assert holding is not None and row["position"] == holding.quantity
+        assert row["base_currency"] == sim_state.base_currency(row["account"])
+        assert row["fx_rate"] == sim_state.exchange_rate(row["account"], row["currency"])
+        assert row["market_value_base"] == pytest.approx(row["market_value"] * row["fx_rate"])
+        assert row["values_as_of"] <= row["snapshot_at"]
+    metadata = result.asset_materializations_for_node("ib_snapshot")[0].metadata
+    assert metadata["rows"].value == len(expected) and metadata["items"].value == len(ids)
+
+
+def test_a_crash_after_the_append_of_a_multi_account_item_never_writes_another_row(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    """Killed between the append and the write-back, then re-claimed: the item's rows are all there already."""
+    holders = holders_by_conid(sim_state)
+    conid = max(holders, key=lambda c: (len(holders[c]), -c))
+    assert len(holders[conid]) == 3
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    [request_id] = queue.insert_many([(conid, "S")])
+    first = queue.claim(2, 50, claimed_by="dead-run")
+    snapshot = IBResource(port=sim.port).read_snapshot(first["conid"].to_list(), "dead-run")
+    rows = position_update_rows(snapshot_results(first, snapshot), "dead-run")
+    assert rows.height == 3
+    write_deltalake(lake.ensure_position_updates_table(root), rows.to_arrow(), mode="append")
+    assert queue.release_runs(["dead-run"]) == 1
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    table = updates(root)
+    assert sorted(table.select("request_id", "account").iter_rows()) == [
+        (request_id, a) for a in sorted(holders[conid])
+    ]
+    assert set(table["run_id"].to_list()) == {"dead-run"}
+    assert queue.read()["status"].to_list() == [QueueStatus.SUCCESS]

@@ -4,7 +4,6 @@ of what a read left behind."""
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 import pytest
 
@@ -79,7 +78,3 @@ def assert_matches_state(position: HeldPosition, state: GatewayState) -> None:
         value.market_price, value.market_value, value.unrealized_pnl, value.realized_pnl,
     )  # fmt: skip
     assert got == expected, f"{position.account}/{position.conid}"
-
-
-def hh_mm_between(before: datetime, after: datetime) -> set[str]:
-    return {before.strftime("%H:%M"), after.strftime("%H:%M")}
