@@ -3,6 +3,7 @@ simulated gateway. Checks values, write-back, exactly-once after a crash, and wh
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -240,12 +241,16 @@ def test_items_without_an_account_get_a_row_for_every_holding_account_in_one_com
     assert len(shared) == 6 and len(single) == 4
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
     ids = queue.insert_many([(c, "S") for c in shared + single])
+    pinned_to = sorted(holders[shared[0]])[-1]
+    [pinned] = queue.insert_many([{"conid": shared[0], "symbol": "S", "account": pinned_to}])
 
     result = run_sync(root, sim, instance)
 
     assert result.success
     table = updates(root)
     expected = {(rid, a) for rid, c in zip(ids, shared + single, strict=True) for a in holders[c]}
+    expected.add((pinned, pinned_to))  # a pinned item covers its account only
+    ids.append(pinned)
     assert set(table.select("request_id", "account").iter_rows()) == expected
     assert table.height == len(expected) > len(ids)
     assert DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version() == 1  # create + one append
@@ -286,3 +291,28 @@ def test_a_crash_after_the_append_of_a_multi_account_item_never_writes_another_r
     ]
     assert set(table["run_id"].to_list()) == {"dead-run"}
     assert queue.read()["status"].to_list() == [QueueStatus.SUCCESS]
+
+
+def test_a_fill_before_the_download_is_stored_with_the_downloads_quantity_and_logged(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    holding = next(h for h in sim_state.positions() if h.contract.sec_type == "STK" and h.quantity)
+    account, conid, before = holding.account, holding.contract.conid, holding.quantity
+    sim.set_faults(fills_before_download={account: [(conid, before + 40)]})
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    [request_id] = queue.insert_many([{"conid": conid, "symbol": "S", "account": account}])
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    row = updates(root).row(0, named=True)
+    told = sim_state.valuation(sim_state.holding(account, conid))  # type: ignore[arg-type]
+    assert (row["request_id"], row["position"], row["market_value"]) == (request_id, before + 40, told.market_value)
+    metadata = result.asset_materializations_for_node("ib_snapshot")[0].metadata
+    assert metadata["position_moved"].value == 1
+    warnings = [
+        e.message
+        for e in instance.all_logs(result.run_id)
+        if e.level == logging.WARNING and "between reqPositions and the account download" in e.message
+    ]
+    assert len(warnings) == 1 and f"{account} conid {conid} " in warnings[0] and f"said {before:g}" in warnings[0]
