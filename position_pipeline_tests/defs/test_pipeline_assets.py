@@ -18,6 +18,7 @@ from position_pipeline.definitions import defs
 from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.defs.resources import IBResource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline_tests.support.ib_reads import holders_of
 from position_pipeline_tests.support.sync_runs import ASSETS, SYNC, sim_resources
 
 pytestmark = pytest.mark.timeout(120)
@@ -225,17 +226,10 @@ def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_writt
     assert queue.claims_by_run() == {}
 
 
-def holders_by_conid(state: GatewayState) -> dict[int, set[str]]:
-    held: dict[int, set[str]] = {}
-    for h in state.positions():
-        held.setdefault(h.contract.conid, set()).add(h.account)
-    return held
-
-
 def test_items_without_an_account_get_a_row_for_every_holding_account_in_one_commit(
     root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
-    holders = holders_by_conid(sim_state)
+    holders = holders_of(sim_state)
     shared = sorted(c for c, accounts in holders.items() if len(accounts) >= 2)[:6]
     single = sorted(c for c, accounts in holders.items() if len(accounts) == 1)[:4]
     assert len(shared) == 6 and len(single) == 4
@@ -270,7 +264,7 @@ def test_a_crash_after_the_append_of_a_multi_account_item_never_writes_another_r
     root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
     """Killed between the append and the write-back, then re-claimed: the item's rows are all there already."""
-    holders = holders_by_conid(sim_state)
+    holders = holders_of(sim_state)
     conid = max(holders, key=lambda c: (len(holders[c]), -c))
     assert len(holders[conid]) == 3
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))

@@ -26,6 +26,7 @@ from position_pipeline.defs.resources import LakeResource
 from position_pipeline.defs.sensors import position_sync_sensor
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 from position_pipeline_tests.support.fault_worker import sync_resources
+from position_pipeline_tests.support.ib_reads import holders_of
 
 NOT_HELD_CONID = 99_000_000  # the generated gateways hold conids from 101000 and from 700000000, none here
 NOT_HELD_SYMBOL = "GONE"
@@ -118,14 +119,6 @@ def invariant(
 
 def _expected(item: dict[str, Any], holders: dict[int, set[str]]) -> set[str]:
     return {item["account"]} if item["account"] else holders.get(item["conid"], set())
-
-
-def holders_of(state: GatewayState) -> dict[int, set[str]]:
-    """conid -> the accounts that hold it (closed-today positions included: IB still reports them)."""
-    held: dict[int, set[str]] = {}
-    for h in state.positions():
-        held.setdefault(h.contract.conid, set()).add(h.account)
-    return held
 
 
 def written_keys(root: str) -> list[tuple[str, str]]:

@@ -40,6 +40,14 @@ def conids_by_account(state: GatewayState) -> dict[str, set[int]]:
     return held
 
 
+def holders_of(state: GatewayState) -> dict[int, set[str]]:
+    """conid -> the accounts that hold it (closed-today positions included: IB still reports them)."""
+    held: dict[int, set[str]] = {}
+    for h in state.positions():
+        held.setdefault(h.contract.conid, set()).add(h.account)
+    return held
+
+
 def held_only_by(state: GatewayState, account: str) -> set[int]:
     held = conids_by_account(state)
     others = set().union(*(conids for name, conids in held.items() if name != account))

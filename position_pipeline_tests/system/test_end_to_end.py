@@ -28,7 +28,8 @@ from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 from position_pipeline_tests.support import REPO
-from position_pipeline_tests.support.fault_pipeline import holders_of, invariant, written_keys
+from position_pipeline_tests.support.fault_pipeline import invariant, written_keys
+from position_pipeline_tests.support.ib_reads import holders_of
 from position_pipeline_tests.support.services import dagster_home, instance_at, pipeline_env, terminate_group
 from position_pipeline_tests.support.waiting import wait_until
 
