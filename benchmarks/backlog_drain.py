@@ -4,12 +4,13 @@ Run: `python -m benchmarks.backlog_drain [--out DIR] [--quick]`. Target: under 3
 
 The simulated gateway holds 2,000 positions in 3 accounts. The queue gets 100,000 items (10,000 with --quick), all
 PENDING, stamped over the 24 hours before the current one, four commits an hour as producers would have left them:
-held positions with their account, and one item in 200 a contract the gateway does not hold (those end FAILED with a
+held positions in the desk's mix (`batch_cost.queue_item`: every third names no account and is a row in each
+account holding its contract), and one item in 200 a contract the gateway does not hold (those end FAILED with a
 reason). Then the real `dagster-daemon` starts on a throwaway DAGSTER_HOME with the repo's dagster.yaml, sensor on,
 as in production, and once it is up the clock starts: `backfill.launch_backfill` stores the asset backfill of those
 24 hours (what `position-pipeline backfill` does), the daemon's backfill loop launches its single run through the
 run queue, and the clock stops when every item has been processed (SUCCESS, or FAILED with an attempt counted), with
-its row in position_updates. The sensor keeps taking 50-item batches meanwhile, as it would after a real outage.
+its rows in position_updates. The sensor keeps taking 50-item batches meanwhile, as it would after a real outage.
 
 The breakdown comes from the backfill run's event log: backfill stored -> run enqueued (the daemon's backfill loop,
 which Dagster runs every 30 s: `DEFAULT_DAEMON_INTERVAL_SECONDS` in dagster/_daemon/controller.py, which no instance
@@ -33,6 +34,7 @@ import polars as pl
 from deltalake import DeltaTable
 
 from benchmarks import report
+from benchmarks.batch_cost import queue_item
 from benchmarks.daemon import Daemon, RunEvents, run_events, running_daemon
 from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
@@ -56,7 +58,7 @@ BACKFILL_LOOP = "daemon backfill loop (stored -> run enqueued)"
 def enqueue_backlog(root: str, state: GatewayState, items: int, now: datetime) -> int:
     """`items` PENDING items over the HOURS hours before `now`'s hour, COMMITS_PER_HOUR commits an hour."""
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
-    held = [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in state.positions()]
+    held = [queue_item(h, n) for n, h in enumerate(state.positions())]
     rng = random.Random(24)
     first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=HOURS)
     commits = HOURS * COMMITS_PER_HOUR
@@ -112,11 +114,13 @@ def _drain(daemon: Daemon, items: int, now: datetime) -> dict[str, Any]:
         sensor_runs = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
     frame = queue.read()
     rows = pl.from_arrow(
-        DeltaTable(lake.table_uri(daemon.root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table(columns=["request_id"])
+        DeltaTable(lake.table_uri(daemon.root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table(
+            columns=list(lake.POSITION_UPDATES_KEY)
+        )
     )
     assert isinstance(rows, pl.DataFrame)
     succeeded = frame.filter(pl.col("status") == QueueStatus.SUCCESS.value)
-    if rows.height != succeeded.height or rows["request_id"].n_unique() != rows.height:
+    if rows["request_id"].n_unique() != succeeded.height or rows.unique().height != rows.height:
         raise RuntimeError(f"{rows.height} rows for {succeeded.height} SUCCESS items: not exactly once")
     by_backfill = frame.filter(pl.col("claimed_by") == events.run_id).height
     total = done - t0

@@ -60,7 +60,7 @@ from position_pipeline.defs.assets import (
 from position_pipeline.defs.jobs import position_sync_job
 from position_pipeline.defs.partitions import QueuedWindow, partition_key_for, queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import IBResource, build_resources
-from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, Holding, SimulatedGateway
 
 NAME = "batch_cost"
 TARGET_RATIO = 20.0
@@ -83,11 +83,21 @@ def simulated_gateway(positions: int = SIM_POSITIONS, accounts: int = SIM_ACCOUN
         yield gateway
 
 
+UNPINNED_EVERY = 3
+"""A desk's mix: every third item names no account (as the design note's producers enqueue), the others name the
+account of their holding. An unpinned item of a contract held in several accounts is a row in each."""
+
+
+def queue_item(holding: Holding, n: int) -> dict[str, Any]:
+    """The `n`-th queue item of the desk's mix for `holding`."""
+    account = None if n % UNPINNED_EVERY == UNPINNED_EVERY - 1 else holding.account
+    return {"conid": holding.contract.conid, "symbol": holding.contract.symbol, "account": account}
+
+
 def held_items(gateway: GatewayThread, count: int, start: int = 0) -> list[dict[str, Any]]:
-    """`count` queue items for positions the gateway holds (pinned to their account), cycling through them."""
+    """`count` queue items for positions the gateway holds (the desk's mix, `queue_item`), cycling through them."""
     holdings = gateway.call(lambda gw: sorted(gw.state.positions(), key=lambda h: (h.account, h.contract.conid)))
-    picked = [holdings[(start + i) % len(holdings)] for i in range(count)]
-    return [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in picked]
+    return [queue_item(holdings[(start + i) % len(holdings)], start + i) for i in range(count)]
 
 
 def ib_settings(gateway: GatewayThread) -> IBSettings:
