@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
@@ -19,6 +20,7 @@ from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.defs.resources import IBResource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 from position_pipeline_tests.support.ib_reads import holders_of
+from position_pipeline_tests.support.position_rows import position_update_row
 from position_pipeline_tests.support.sync_runs import ASSETS, SYNC, sim_resources
 
 pytestmark = pytest.mark.timeout(120)
@@ -310,3 +312,27 @@ def test_a_fill_before_the_download_is_stored_with_the_downloads_quantity_and_lo
         if e.level == logging.WARNING and "between reqPositions and the account download" in e.message
     ]
     assert len(warnings) == 1 and f"{account} conid {conid} " in warnings[0] and f"said {before:g}" in warnings[0]
+
+
+def test_a_sync_run_on_a_lake_from_before_the_desk_columns_just_works(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    """What an existing lake needs: nothing. The run adds the columns (null in old rows) and appends through the
+    IO manager."""
+    uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
+    old_names = [n for n in lake.POSITION_UPDATES_SCHEMA.names() if n not in lake.DESK_VALUES]
+    old_schema = pa.schema([lake.POSITION_UPDATES_ARROW_SCHEMA.field(n) for n in old_names])
+    DeltaTable.create(uri, old_schema, partition_by=[lake.POSITION_UPDATES_PARTITION])
+    old = pl.DataFrame([position_update_row(request_id="old")]).select(old_names)
+    write_deltalake(uri, old.to_arrow().cast(old_schema), mode="append")
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = enqueue_held(queue, sim_state, 4)
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    table = updates(root).sort("request_id")
+    assert set(table["request_id"].to_list()) == {"old", *ids}
+    assert table.filter(pl.col("request_id") == "old")["values_as_of"].to_list() == [None]
+    assert table.filter(pl.col("request_id") != "old")["values_as_of"].null_count() == 0
+    assert set(queue.read()["status"].to_list()) == {QueueStatus.SUCCESS}
