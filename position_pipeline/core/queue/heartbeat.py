@@ -8,6 +8,7 @@ that blocked the loop for s seconds shows as a stall of about s (less at most on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from types import TracebackType
 
@@ -36,10 +37,8 @@ class Heartbeat:
     ) -> None:
         assert self._task is not None
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
 
     async def _beat(self) -> None:
         while True:
