@@ -1,8 +1,11 @@
 """A heartbeat task that measures how long an event loop was kept from running: the promise `AsyncPositionQueue`
 makes (no Delta I/O on the loop) as a number, for its tests, the producers benchmark and a producer's own checks.
 
-Invariant: `longest_stall` is the largest delay past `tick` between two wake-ups of the task, so any callback
-that blocked the loop for s seconds shows as a stall of about s (less at most one tick).
+Invariant: `longest_stall` is the largest delay past `tick` between two wake-ups of the task (and, on exit, since
+the last one), so any callback that blocked the loop for s seconds shows as a stall of about s (less at most one
+tick), even one that never let the heartbeat run at all. A stall is whatever kept the loop from running: blocking
+calls on the loop, and also the interpreter's own pauses (a full garbage collection holds the GIL for tens of ms
+in a process that imported polars and deltalake).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ class Heartbeat:
         self.tick = tick
         self.longest_stall = 0.0
         self.ticks = 0
+        self._last = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Heartbeat:
+        self._last = time.perf_counter()
         self._task = asyncio.get_running_loop().create_task(self._beat(), name="heartbeat")
         await asyncio.sleep(0)  # the first tick starts now, not at the caller's next await
         return self
@@ -39,10 +44,13 @@ class Heartbeat:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        self.longest_stall = max(self.longest_stall, time.perf_counter() - self._last - self.tick)
 
     async def _beat(self) -> None:
+        self._last = time.perf_counter()
         while True:
-            started = time.perf_counter()
             await asyncio.sleep(self.tick)
+            woke = time.perf_counter()
             self.ticks += 1
-            self.longest_stall = max(self.longest_stall, time.perf_counter() - started - self.tick)
+            self.longest_stall = max(self.longest_stall, woke - self._last - self.tick)
+            self._last = woke
