@@ -163,6 +163,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
                     r["commits"],
                     r["files"],
                     r["longest_stall_ms"],
+                    r["longest_full_gc_ms"],
                     f"{note['seconds'] / r['seconds']:.1f}x",
                 ]
                 for name, r in results.items()
