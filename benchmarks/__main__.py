@@ -19,7 +19,16 @@ from typing import Any
 
 from benchmarks import report
 
-NAMES = ("batch_cost", "backlog_drain", "queue_scale", "freshness", "growth", "positions_read", "simulator")
+NAMES = (
+    "batch_cost",
+    "backlog_drain",
+    "queue_scale",
+    "freshness",
+    "growth",
+    "positions_read",
+    "producers",
+    "simulator",
+)
 """Every benchmark, in the order `all` runs them."""
 
 

@@ -1,1 +1,26 @@
-"""Keeps a trading desk's record of brokerage positions current in Delta Lake, polled from Interactive Brokers."""
+"""Keeps a trading desk's record of brokerage positions current in Delta Lake, polled from Interactive Brokers.
+
+Producers import the queue from here: `from position_pipeline import AsyncPositionQueue` (asyncio) or
+`PositionQueue` (blocking). They load on first use, so importing the package (the CLI, the simulator) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from position_pipeline.core.queue import AsyncPositionQueue, PositionQueue
+
+__all__ = ["AsyncPositionQueue", "PositionQueue"]
+
+_EXPORTS = {"AsyncPositionQueue": "position_pipeline.core.queue", "PositionQueue": "position_pipeline.core.queue"}
+
+
+def __getattr__(name: str) -> Any:
+    """The exported classes, imported when first asked for (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

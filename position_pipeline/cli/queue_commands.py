@@ -4,7 +4,7 @@ count the queue's items by status (reading only: counting a lake without a queue
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from position_pipeline.cli.errors import CommandError, guarded
 from position_pipeline.cli.lake_option import open_queue, queue_uri, table_exists
@@ -13,6 +13,10 @@ from position_pipeline.core.terms import QueueStatus
 
 if TYPE_CHECKING:
     from position_pipeline.cli.parser import Subcommands
+    from position_pipeline.core.queue.legacy import LegacyPlan
+
+LOST_SHOWN = 20
+"""Lost items the text report names one by one."""
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -29,12 +33,25 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         help="adopt the items of an original-format queue table (idempotent)",
         description=(
             "Adopt every item of a queue table in the original design's format (a Delta table with ISO-8601 "
-            "string timestamps, naive ones read as UTC) into the lake's position queue, in one commit. Items "
-            "already adopted are skipped, so importing twice adds nothing; PROCESSING items come back PENDING. "
-            "Every row is checked first: one invalid row and nothing is adopted (exit 1)."
+            "string timestamps) into the lake's position queue, in one commit. Naive times are wall time in "
+            "--source-tz, converted to UTC. Items already adopted are skipped, so importing twice adds nothing; "
+            "PROCESSING items come back PENDING; FAILED items count one attempt and are retried under the normal "
+            "policy (30 s after they failed). Items the original workers deleted and never re-added (a table left "
+            "half-written by racing workers) are reported, not adopted. Every row is checked first: one invalid "
+            "row and nothing is adopted (exit 1)."
         ),
     )
     import_.add_argument("path", metavar="PATH", help="the original queue table: a folder or an object-store URI")
+    import_.add_argument(
+        "--source-tz",
+        metavar="ZONE",
+        help=(
+            "IANA time zone the original table's naive times were written in (e.g. America/New_York); default: "
+            "this machine's local zone, which is what the original design's datetime.now() wrote when its "
+            "workers ran here"
+        ),
+    )
+    import_.add_argument("--dry-run", action="store_true", help="print what would be adopted; write nothing")
     import_.set_defaults(handler=run_import)
     counts = queue_commands.add_parser(
         "counts",
@@ -56,24 +73,99 @@ def run_counts(args: argparse.Namespace) -> int:
 
 
 def _import_legacy(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from position_pipeline.core import lake
-
+    """Plan the import (reads only), adopt unless --dry-run, then print what was (or would be) adopted and found."""
     source = args.path
     if not table_exists(source):
         raise CommandError(f"{source} is not a Delta table (no _delta_log found)")
-    queue = open_queue(args.lake)
-    adopted = queue.import_legacy(source, progress=step_printer("queue import", quiet=args.json))
-    options = lake.storage_options_for(source)
-    total = int(pl.scan_delta(source, storage_options=options).select(pl.len()).collect().item())
-    already = max(total - adopted, 0)
+    queue = open_queue(args.lake)  # planning reads the queue only if it exists: a dry run creates nothing
+    step = step_printer("queue import", quiet=args.json)
+    plan = queue.plan_legacy_import(source, source_tz=args.source_tz, progress=step)
+    adopted = None if args.dry_run else queue.adopt_legacy(plan, progress=step)
+    report = _import_report(plan, adopted, queue.table_uri)
     if args.json:
-        print_json({"adopted": adopted, "already_present": already, "source": source, "table": queue.table_uri})
+        print_json(report)
     else:
-        were = "was" if already == 1 else "were"
-        print(f"Adopted {count(adopted, 'item')} from {source} into {queue.table_uri}; {already} {were} already there")
+        print("\n".join(_import_text(report)))
     return 0
+
+
+def _import_report(plan: LegacyPlan, adopted: int | None, table: str) -> dict[str, Any]:
+    """The import's figures, as --json prints them; `adopted` None for a dry run."""
+    history = plan.history
+    return {
+        "source": plan.source_uri,
+        "table": table,
+        "dry_run": adopted is None,
+        "adopted": adopted,
+        "would_adopt": plan.new.height,
+        "already_present": plan.already_present if adopted is None else plan.rows.height - adopted,
+        "new_by_status": plan.new_by_status(),
+        "source_tz": plan.zone,
+        "ambiguous_times": plan.ambiguous_times,
+        "nonexistent_times": plan.nonexistent_times,
+        "history_checked": history.checked,
+        "history_note": history.reason,
+        "half_written_versions": list(history.versions),
+        "lost": [
+            {
+                "version": item.version,
+                "operation": item.operation,
+                "request_id": item.request_id,
+                "conid": item.conid,
+                "symbol": item.symbol,
+                "status": item.status,
+                "updated_at": item.updated_at,
+            }
+            for item in history.lost
+        ],
+        "unreadable_removed_files": history.unreadable_files,
+    }
+
+
+def _import_text(report: dict[str, Any]) -> list[str]:
+    source, table, already = report["source"], report["table"], report["already_present"]
+    were = "was" if already == 1 else "were"
+    statuses = ", ".join(f"{n} {status}" for status, n in report["new_by_status"].items() if n)
+    if report["dry_run"]:
+        lines = [
+            f"Would adopt {count(report['would_adopt'], 'item')} from {source} into {table}; {already} {were} "
+            "already there (dry run: nothing written)"
+        ]
+    else:
+        lines = [
+            f"Adopted {count(report['adopted'], 'item')} from {source} into {table}; {already} {were} already there"
+        ]
+    if statuses:
+        lines.append(f"  new items: {statuses}")
+    chosen = [f"{report[k]} {k.split('_')[0]}" for k in ("ambiguous_times", "nonexistent_times") if report[k]]
+    lines.append(
+        f"  naive times read as {report['source_tz']}"
+        + (f" ({', '.join(chosen)}: read with the offset before the clock change)" if chosen else "")
+    )
+    lost = report["lost"]
+    if not report["history_checked"]:
+        lines.append(f"  history: {report['history_note']}")
+    elif lost:
+        versions = ", ".join(str(v) for v in report["half_written_versions"])
+        lines.append(
+            f"  half-written: {count(len(lost), 'item')} deleted and never re-added by the original workers "
+            f"(version {versions}); not adopted, re-enqueue them if they are still wanted:"
+        )
+        for item in lost[:LOST_SHOWN]:
+            lines.append(
+                f"    {item['request_id']}  conid {item['conid']} {item['symbol']}  last {item['status']} "
+                f"at {item['updated_at']} (deleted in version {item['version']}, {item['operation']})"
+            )
+        if len(lost) > LOST_SHOWN:
+            lines.append(f"    ... and {len(lost) - LOST_SHOWN} more (--json lists them all)")
+    else:
+        lines.append("  history: no item was deleted without being re-added")
+    if report["unreadable_removed_files"]:
+        lines.append(
+            f"  history: {count(report['unreadable_removed_files'], 'removed file')} no longer on disk (vacuumed): "
+            "rows they held could not be checked"
+        )
+    return lines
 
 
 def _print_counts(args: argparse.Namespace) -> int:

@@ -64,11 +64,12 @@ def write_legacy_table(path: Path, rows: list[tuple] = LEGACY_ROWS, mode: Litera
 def test_queue_import_adopts_every_item_once(tmp_path: Path, lake_root: Path, queue: PositionQueue, uri: str) -> None:
     legacy = write_legacy_table(tmp_path / "legacy_queue")
 
-    code, out, err = run_command("queue", "import", legacy, lake_root=lake_root)
+    code, out, err = run_command("queue", "import", legacy, "--source-tz", "UTC", lake_root=lake_root)
 
     assert code == 0 and steps("queue import", err) == [
         f"read 3 rows from {legacy}",
-        "3 rows valid; adding those not already here in one commit",
+        "3 rows valid; naive times read as UTC",
+        "adding the 3 rows not already here in one commit",
         "committed 3 new items (0 were already here)",
     ]
     assert "Adopted 3 items" in out and "0 were already there" in out and uri in out
@@ -87,7 +88,7 @@ def test_queue_import_adopts_every_item_once(tmp_path: Path, lake_root: Path, qu
     assert failed["created_at"] == datetime(2025, 1, 2, 3, 6, 0, 500000, tzinfo=UTC)
     version = DeltaTable(uri).version()
 
-    code, out, err = run_command("queue", "import", legacy, lake_root=lake_root)
+    code, out, err = run_command("queue", "import", legacy, "--source-tz", "UTC", lake_root=lake_root)
 
     assert code == 0 and steps("queue import", err)[-1] == "committed 0 new items (3 were already here)"
     assert "Adopted 0 items" in out and "3 were already there" in out
@@ -101,10 +102,19 @@ def test_queue_import_next_to_our_items_prints_json(
     legacy = write_legacy_table(tmp_path / "legacy_queue", LEGACY_ROWS[:2])
     queue.insert(8314, "IBM")
 
-    code, out, err = call("queue", "import", legacy, "--json")
+    code, out, err = call("queue", "import", legacy, "--json", "--source-tz", "UTC")
 
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"adopted": 2, "already_present": 0, "source": legacy, "table": uri}
+    report = json.loads(out)
+    assert {k: report[k] for k in ("adopted", "already_present", "source", "table", "dry_run")} == {
+        "adopted": 2,
+        "already_present": 0,
+        "source": legacy,
+        "table": uri,
+        "dry_run": False,
+    }
+    assert report["new_by_status"] == {"PENDING": 1, "PROCESSING": 0, "SUCCESS": 1, "FAILED": 0}
+    assert (report["history_checked"], report["lost"], report["source_tz"]) == (True, [], "UTC")
     write_legacy_table(tmp_path / "legacy_queue", LEGACY_ROWS[2:], mode="append")  # the legacy table grew
     code, out, _ = call("queue", "import", legacy, "--json")
     assert code == 0 and json.loads(out)["adopted"] == 1 and json.loads(out)["already_present"] == 2

@@ -68,13 +68,13 @@ def test_import_legacy_adopts_every_item_once(queue: PositionQueue, uri: str, tm
     write_deltalake(legacy, _legacy_frame(LEGACY_ROWS[:3]).to_arrow())
     queue.insert(900, "OURS")
 
-    assert queue.import_legacy(legacy) == 3
+    assert queue.import_legacy(legacy, source_tz="UTC") == 3
     after_first = version(uri)
-    assert queue.import_legacy(legacy) == 0
+    assert queue.import_legacy(legacy, source_tz="UTC") == 0
     assert version(uri) == after_first, "a re-import must not commit"
 
     write_deltalake(legacy, _legacy_frame(LEGACY_ROWS[3:]).to_arrow(), mode="append")
-    assert queue.import_legacy(legacy) == 1
+    assert queue.import_legacy(legacy, source_tz="UTC") == 1
 
     table = queue.read()
     assert table.height == 5
@@ -91,14 +91,13 @@ def test_import_legacy_adopts_every_item_once(queue: PositionQueue, uri: str, tm
         "Position 504 not found in IB",
     )
     imported = table.filter(pl.col("symbol") != "OURS")
-    assert imported["account"].null_count() == imported["retry_after"].null_count() == 4
+    assert imported["account"].null_count() == 4 and imported["retry_after"].null_count() == 3
     assert imported["claims"].to_list() == [0] * 4
     # Imported items are ordinary queue items: oldest first, ahead of ours.
     assert queue.claim(limit=1, claimed_by="run-1")["conid"].to_list() == [501]
-    # An imported FAILED item has no retry_after: it is not retried by itself (an operator's `release` re-queues it).
-    assert queue.claimable_count(priority=None) == 2  # QQQ (was PROCESSING) and OURS
-    assert queue.release(failed["request_id"]) == 1
-    assert queue.claimable_count(priority=None) == 3
+    # An imported FAILED item is retried under the normal policy: retry_delay(0) after it failed.
+    assert failed["retry_after"] == datetime(2025, 3, 1, 9, 35, 30, tzinfo=UTC)
+    assert queue.claimable_count(priority=None) == 3  # QQQ (was PROCESSING), DIA (FAILED, due) and OURS
 
 
 @pytest.mark.parametrize(
@@ -123,7 +122,7 @@ def test_import_legacy_refuses_bad_rows_and_writes_nothing(
     before = version(uri)
 
     with pytest.raises(QueueInputError) as raised:
-        queue.import_legacy(legacy)
+        queue.import_legacy(legacy, source_tz="UTC")
 
     assert (raised.value.row, raised.value.field) == (row, field)
     assert f"row {row}: {field}:" in str(raised.value)

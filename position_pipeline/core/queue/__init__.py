@@ -16,11 +16,13 @@ Invariants:
 No Dagster here: assets and producer programs call this package directly. Its modules, one job each: rules.py (the
 rules every read and MERGE applies, the retry policy and the order), inputs.py and arguments.py (validation),
 table.py and commits.py (the table and its commits), enqueue.py, reads.py, claims.py, legacy.py,
-position_queue.py (the class that combines them), and archive.py (SUCCESS items moved to position_queue_archive
+position_queue.py (the class that combines them), async_queue.py and group_commit.py (the asyncio API, whose
+concurrent inserts share one commit), and archive.py (SUCCESS items moved to position_queue_archive
 by table upkeep).
 """
 
 from position_pipeline.core.queue.arguments import utc_or_now
+from position_pipeline.core.queue.async_queue import AsyncPositionQueue
 from position_pipeline.core.queue.commits import retry_on_conflict
 from position_pipeline.core.queue.inputs import InputProblem, ItemInput, Progress, QueueInputError
 from position_pipeline.core.queue.position_queue import PositionQueue
@@ -30,6 +32,7 @@ from position_pipeline.core.terms import MAX_ATTEMPTS, Priority, QueueStatus
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "AsyncPositionQueue",
     "InputProblem",
     "ItemInput",
     "PositionQueue",

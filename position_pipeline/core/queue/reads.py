@@ -66,7 +66,9 @@ class QueueReads(QueueTable):
     ) -> list[QueuedPosition]:
         """Up to `limit` items with `status` (and `priority`, None for any), oldest first. Reads only: claims nothing.
 
-        Kept for the original producers and for inspection; a pipeline run must use `claim`, which is exclusive.
+        Kept for the original producers and for inspection. Unlike the design note's QueueWorker loop, nothing here
+        takes the items: two callers get the same batch, and the items stay PENDING. The pipeline, not a producer,
+        claims (`claim`, exclusive: one MERGE per batch), so a producer that wants an item refreshed only inserts it.
         """
         wanted = rules.with_priority(priority) & rules.status_in(QueueStatus(status))
         frame = (

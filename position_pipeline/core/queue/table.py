@@ -31,19 +31,21 @@ class QueueTable:
 
     Nothing touches storage until the first call, and the first call creates the table if it is absent, so building
     a queue at Dagster definition load costs nothing. `storage_options` None: those `lake.storage_options_for`
-    gives for the table's URI (none for a local folder; AWS_* variables for s3://).
+    gives for the table's URI (none for a local folder; AWS_* variables for s3://). The table is named by
+    `table_uri` or, as the design note's producers spell it, `delta_lake_path=`: exactly one of the two.
     """
 
     def __init__(
         self,
-        table_uri: str | os.PathLike[str],
+        table_uri: str | os.PathLike[str] | None = None,
         storage_options: dict[str, str] | None = None,
         *,
+        delta_lake_path: str | os.PathLike[str] | None = None,
         commit_attempts: int = COMMIT_ATTEMPTS,
     ) -> None:
         if commit_attempts < 1:
             raise ValueError(f"commit_attempts must be at least 1, got {commit_attempts}")
-        self.table_uri = os.fspath(table_uri)
+        self.table_uri = table_location(table_uri, delta_lake_path)
         self._storage_options = lake.resolve_storage_options(self.table_uri, storage_options)
         self._commit_attempts = commit_attempts
         self._schema_checked = False
@@ -151,6 +153,15 @@ class QueueTable:
         else:
             logger.info("%s: %d items%s", operation, changed, f" by {run}" if run else "")
         return changed
+
+
+def table_location(table_uri: str | os.PathLike[str] | None, delta_lake_path: str | os.PathLike[str] | None) -> str:
+    """The queue table's URI from either spelling of it; exactly one must be given."""
+    if (table_uri is None) == (delta_lake_path is None):
+        raise TypeError("give the queue table as table_uri or as delta_lake_path=, exactly one of them")
+    location = table_uri if table_uri is not None else delta_lake_path
+    assert location is not None
+    return os.fspath(location)
 
 
 def to_arrow(frame: pl.DataFrame) -> pa.Table:
