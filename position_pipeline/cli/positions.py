@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake, table_exists
 from position_pipeline.cli.output import count, grid
-from position_pipeline.core.positions import AGE, latest_positions
+from position_pipeline.core.positions import AGE, VALUES_AGE, latest_positions
 from position_pipeline.core.time_text import age_text, iso_microseconds, iso_seconds
 
 if TYPE_CHECKING:
@@ -174,8 +174,11 @@ _TABLE: Sequence[tuple[str, str, Callable[[Any], str], bool]] = (
     ("market_value", "VALUE", lambda v: _decimal(v, 2, 2), True),
     ("unrealized_pnl", "UNREALIZED", lambda v: _decimal(v, 2, 2), True),
     ("realized_pnl", "REALIZED", lambda v: _decimal(v, 2, 2), True),
+    ("base_currency", "BASE", str, False),
+    ("market_value_base", "VALUE IN BASE", lambda v: _decimal(v, 2, 2), True),
     ("snapshot_at", "SNAPSHOT AT (UTC)", iso_seconds, False),
     (AGE, "AGE", age_text, True),
+    (VALUES_AGE, "VALUES AGE", age_text, True),
 )
 
 

@@ -119,6 +119,11 @@ def format_text(status: Status) -> list[str]:
             f"  last batch: run {batch.run_id}, {count(batch.rows, 'row')}, snapshot {iso_seconds(batch.snapshot_at)}"
             f" ({age(s.age_s(batch.snapshot_at))} ago)"
         )
+        if batch.values_as_of is not None:
+            lines.append(
+                f"  its oldest values: as of {iso_seconds(batch.values_as_of)} (IB's account update time), "
+                f"{age(batch.values_age_s)} old when read"
+            )
     return lines
 
 

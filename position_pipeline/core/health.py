@@ -1,7 +1,7 @@
 """The pipeline's health, judged from the lake's tables at an explicit `now`: the four evaluations behind the asset
 checks, as plain outcomes (`defs/checks.py` shows them in the UI).
 
-- `evaluate_duplicates` (ERROR): every request_id has one row in position_updates (exactly once held);
+- `evaluate_duplicates` (ERROR): no (request_id, account) has two rows in position_updates (exactly once held);
 - `evaluate_claims` (ERROR): nothing stays PROCESSING longer than the claim lease;
 - `evaluate_failed_share` (WARN): the items that finished in the last hour mostly succeeded;
 - `evaluate_freshness` (ERROR): while items wait to be claimed, rows keep arriving in position_updates.
@@ -16,7 +16,14 @@ from enum import StrEnum
 
 import polars as pl
 
-from position_pipeline.core.lake import POSITION_UPDATES_TABLE, QUEUE_TABLE, StorageOptions, open_existing, table_uri
+from position_pipeline.core.lake import (
+    POSITION_UPDATES_KEY,
+    POSITION_UPDATES_TABLE,
+    QUEUE_TABLE,
+    StorageOptions,
+    open_existing,
+    table_uri,
+)
 from position_pipeline.core.leases import CLAIM_LEASE_SECONDS
 from position_pipeline.core.queue import QueueStatus, claimable_filter, utc_or_now
 from position_pipeline.core.terms import MAX_ATTEMPTS
@@ -27,7 +34,7 @@ FAILED_SHARE_WINDOW = timedelta(hours=1)
 FRESHNESS_SECONDS = 120
 
 SAMPLE_SIZE = 10
-"""How many duplicated request_ids, runs or error messages a check lists."""
+"""How many duplicated row keys, runs or error messages a check lists."""
 
 HealthValue = int | float | str | None | pl.DataFrame
 """A metadata value of an outcome: a number, a text, nothing, or a table (the UI shows it as a markdown table)."""
@@ -51,12 +58,13 @@ class HealthOutcome:
 
 
 def evaluate_duplicates(root: str, *, storage_options: StorageOptions | None = None) -> HealthOutcome:
-    """Passes when no request_id has more than one row in position_updates.
+    """Passes when no row key (request_id, account) has more than one row in position_updates.
 
-    Reads only the request_id column (one pass that counts rows per id and in all); when duplicates exist, a second
-    read of the sampled ids' run_id says which runs wrote them.
+    Reads only the key columns (one pass that counts rows per key and in all); when duplicates exist, a second
+    read of the sampled keys' run_id says which runs wrote them.
     """
     started = time.perf_counter()
+    key = list(POSITION_UPDATES_KEY)
     table = open_existing(table_uri(root, POSITION_UPDATES_TABLE), storage_options)
     if table is None:
         return HealthOutcome(
@@ -66,11 +74,11 @@ def evaluate_duplicates(root: str, *, storage_options: StorageOptions | None = N
             metadata=_duplicates_metadata(0, 0, pl.DataFrame(), 0, started),
         )
     history = pl.scan_delta(table)
-    per_id = history.select("request_id").group_by("request_id").len("rows")
+    per_key = history.select(key).group_by(key).len("rows")
     duplicated, total = pl.collect_all(
         [
-            per_id.filter(pl.col("rows") > 1).sort(["rows", "request_id"], descending=[True, False]),
-            per_id.select(pl.col("rows").sum()),
+            per_key.filter(pl.col("rows") > 1).sort(["rows", *key], descending=[True, False, False]),
+            per_key.select(pl.col("rows").sum()),
         ]
     )
     scanned = int(total.item() or 0)
@@ -78,21 +86,25 @@ def evaluate_duplicates(root: str, *, storage_options: StorageOptions | None = N
     sample = duplicated.head(SAMPLE_SIZE)
     if sample.height:
         runs = (
-            history.filter(pl.col("request_id").is_in(sample["request_id"].to_list()))
-            .group_by("request_id")
+            history.join(sample.lazy().select(key), on=key, how="semi", nulls_equal=True)
+            .group_by(key)
             .agg(run_ids=pl.col("run_id").unique().sort().str.join(", "))
             .collect()
         )
-        sample = sample.join(runs, on="request_id", how="left", maintain_order="left")
+        sample = sample.join(runs, on=key, how="left", maintain_order="left", nulls_equal=True)
     metadata = _duplicates_metadata(duplicated.height, extra, sample, scanned, started)
     if duplicated.is_empty():
         return HealthOutcome(
-            passed=True, severity=Severity.ERROR, description=f"{scanned} rows, each request_id once", metadata=metadata
+            passed=True,
+            severity=Severity.ERROR,
+            description=f"{scanned} rows, each (request_id, account) once",
+            metadata=metadata,
         )
     return HealthOutcome(
         passed=False,
         severity=Severity.ERROR,
-        description=f"{duplicated.height} request_ids have more than one row ({extra} extra rows in {scanned})",
+        description=f"{duplicated.height} (request_id, account) pairs have more than one row ({extra} extra rows "
+        f"in {scanned})",
         metadata=metadata,
     )
 

@@ -2,52 +2,50 @@
 
 Read-only, and never a market-data request: positions come from the reqPositions that ib_async sends at every connect
 (collected, then cancelled: no second request), and market values from reqAccountUpdates, one account at a time (IB
-serves one account across all clients), each unsubscribed before the next. The connection is always closed on the way
-out. Every failure becomes an `IBError` whose message says what happened and what to do.
+serves one account across all clients), each unsubscribed before the next (`account_download`). A row's quantity and
+values come from the same portfolio item of that download; the connect-time figure is kept only to say when they
+differ. The connection is always closed on the way out. Every failure becomes an `IBError` (`ib_errors`) whose
+message says what happened and what to do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from ib_async import IB, PortfolioItem, Position, StartupFetch
+from ib_async import IB, Contract, PortfolioItem, Position, StartupFetch
 
 from position_pipeline.core import terms
+from position_pipeline.core.account_download import AccountDownload, read_account_when_free
+from position_pipeline.core.account_time import gateway_zone
+from position_pipeline.core.ib_errors import (
+    ACCOUNT_UPDATES_REFUSED,
+    CLIENT_ID_IN_USE,
+    ClientIdInUse,
+    GatewayUnreachable,
+    IBConfigError,
+    IBDisconnected,
+    IBError,
+    IBTimeout,
+    Notices,
+    disconnect_text,
+    has_code,
+    timeout_text,
+    until_code,
+)
+
+__all__ = [
+    "ACCOUNT_UPDATES_REFUSED", "CLIENT_ID_IN_USE", "ClientIdInUse", "GatewayUnreachable", "HeldPosition",
+    "IBConfigError", "IBDisconnected", "IBError", "IBSettings", "IBSnapshot", "IBTimeout", "client_id_for",
+    "read_snapshot", "read_snapshot_async",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-CLIENT_ID_IN_USE = 326
-ACCOUNT_UPDATES_REFUSED = 2101  # another client holds account updates for a different account
-
-
-class IBError(Exception):
-    """Reading from IB failed; the message names the gateway, the client id and what IB said."""
-
-
-class GatewayUnreachable(IBError):
-    pass
-
-
-class ClientIdInUse(IBError):
-    pass
-
-
-class IBTimeout(IBError):
-    pass
-
-
-class IBDisconnected(IBError):
-    pass
-
-
-class IBConfigError(IBError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -62,15 +60,25 @@ class IBSettings:
     connect_timeout: float = terms.IB_CONNECT_TIMEOUT_S
     request_timeout: float = terms.IB_REQUEST_TIMEOUT_S
     client_id_attempts: int = 5
+    gateway_tz: str = terms.IB_GATEWAY_TZ
+
+    def __post_init__(self) -> None:
+        gateway_zone(self.gateway_tz)  # refused here, before any connection: ValueError naming IB_GATEWAY_TZ
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def zone(self) -> ZoneInfo:
+        return gateway_zone(self.gateway_tz)
+
 
 @dataclass(frozen=True)
 class HeldPosition:
-    """A position with its contract and, when IB sent them, its portfolio values."""
+    """A position with its contract and, when IB sent them, its portfolio values and what the download said about
+    them: `position` and `average_cost` are the portfolio item's (the values' moment) when there is one, else the
+    connect-time reqPositions figures, which `connect_position` always keeps."""
 
     account: str
     conid: int
@@ -91,6 +99,15 @@ class HeldPosition:
     unrealized_pnl: float | None = None
     realized_pnl: float | None = None
     account_update_time: str | None = None
+    values_as_of: datetime | None = None
+    base_currency: str | None = None
+    fx_rate: float | None = None
+    connect_position: float | None = None
+
+    @property
+    def moved(self) -> bool:
+        """The quantity changed between the connect-time reqPositions and the account download (a fill)."""
+        return self.connect_position is not None and self.connect_position != self.position
 
 
 @dataclass
@@ -103,7 +120,8 @@ class IBSnapshot:
     managed_accounts: list[str]
     accounts: list[str]  # the accounts this read covered: the configured ones, else every managed one
     positions: list[HeldPosition] = field(default_factory=list)
-    notices: list[tuple[int, int, str]] = field(default_factory=list)
+    notices: Notices = field(default_factory=list)
+    downloads: dict[str, AccountDownload] = field(default_factory=dict)  # by account, each account read once
 
     def by_conid(self) -> dict[int, list[HeldPosition]]:
         found: dict[int, list[HeldPosition]] = {}
@@ -125,7 +143,7 @@ def read_snapshot(settings: IBSettings, conids: Iterable[int], seed: str) -> IBS
 
 async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str) -> IBSnapshot:
     ib = IB()
-    notices: list[tuple[int, int, str]] = []
+    notices: Notices = []
     positions: list[Position] = []
     ib.errorEvent += lambda req_id, code, text, contract: notices.append((req_id, code, text))
     ib.positionEvent += positions.append  # ib_async reads every position at connect; nothing to ask again
@@ -145,43 +163,62 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
         )
         latest = {(p.account, p.contract.conId): p for p in positions}  # later pushes replace earlier ones
         wanted = [p for p in latest.values() if p.account in accounts and p.contract.conId in conids]
-        values: dict[tuple[str, int], PortfolioItem] = {}
-        update_times: dict[str, str] = {}
+        zone = settings.zone
         for account in sorted({p.account for p in wanted}):
-            values.update(await _read_portfolio_when_free(ib, account, settings, client_id, notices, update_times))
-        snapshot.taken_at = datetime.now(UTC)
-        for p in wanted:
-            c = p.contract
-            item = values.get((p.account, c.conId))
-            snapshot.positions.append(
-                HeldPosition(
-                    account=p.account,
-                    conid=c.conId,
-                    symbol=c.symbol,
-                    sec_type=c.secType,
-                    expiry=c.lastTradeDateOrContractMonth,
-                    strike=c.strike,
-                    right=c.right,
-                    multiplier=c.multiplier,
-                    currency=c.currency,
-                    local_symbol=c.localSymbol,
-                    trading_class=c.tradingClass,
-                    exchange=c.exchange,
-                    position=p.position,
-                    average_cost=p.avgCost,
-                    market_price=item.marketPrice if item else None,
-                    market_value=item.marketValue if item else None,
-                    unrealized_pnl=item.unrealizedPNL if item else None,
-                    realized_pnl=item.realizedPNL if item else None,
-                    account_update_time=update_times.get(p.account),
-                )
+            snapshot.downloads[account] = await read_account_when_free(
+                ib, account, settings, settings.request_timeout, client_id, notices, zone
             )
+        snapshot.taken_at = datetime.now(UTC)
+        snapshot.positions = _held_positions(wanted, snapshot.downloads, conids)
         return snapshot
     finally:
         ib.disconnect()
 
 
-async def _connect(ib: IB, settings: IBSettings, seed: str, notices: list[tuple[int, int, str]]) -> int:
+def _held_positions(
+    wanted: list[Position], downloads: dict[str, AccountDownload], conids: set[int]
+) -> list[HeldPosition]:
+    """The wanted contracts held in the downloaded accounts: every reqPositions entry, with its portfolio item when
+    the download had one, and the download's items that reqPositions did not list (opened in between)."""
+    held = [_held(p.account, p.contract, downloads[p.account], p.position, p.avgCost) for p in wanted]
+    listed = {(p.account, p.contract.conId) for p in wanted}
+    for account, download in sorted(downloads.items()):
+        for conid, item in sorted(download.items.items()):
+            if conid in conids and (account, conid) not in listed:
+                held.append(_held(account, item.contract, download, None, item.averageCost))
+    return held
+
+
+def _held(account: str, c: Contract, download: AccountDownload, connect: float | None, cost: float) -> HeldPosition:
+    item: PortfolioItem | None = download.items.get(c.conId)
+    return HeldPosition(
+        account=account,
+        conid=c.conId,
+        symbol=c.symbol,
+        sec_type=c.secType,
+        expiry=c.lastTradeDateOrContractMonth,
+        strike=c.strike,
+        right=c.right,
+        multiplier=c.multiplier,
+        currency=c.currency,
+        local_symbol=c.localSymbol,
+        trading_class=c.tradingClass,
+        exchange=c.exchange,
+        position=item.position if item else (connect or 0.0),
+        average_cost=item.averageCost if item else cost,
+        market_price=item.marketPrice if item else None,
+        market_value=item.marketValue if item else None,
+        unrealized_pnl=item.unrealizedPNL if item else None,
+        realized_pnl=item.realizedPNL if item else None,
+        account_update_time=download.update_time,
+        values_as_of=download.values_as_of,
+        base_currency=download.base_currency,
+        fx_rate=download.fx_rate(c.currency),
+        connect_position=connect,
+    )
+
+
+async def _connect(ib: IB, settings: IBSettings, seed: str, notices: Notices) -> int:
     """Connect read-only. ib_async always reads every position at connect (and nothing else with StartupFetch(0));
     with raiseSyncErrors that read must finish within the connect timeout. On 326, move to the next client id."""
     tried = []
@@ -200,7 +237,7 @@ async def _connect(ib: IB, settings: IBSettings, seed: str, notices: list[tuple[
                 raiseSyncErrors=True,
             )
         )
-        refused = asyncio.ensure_future(_until_code(notices, seen, CLIENT_ID_IN_USE))
+        refused = asyncio.ensure_future(until_code(notices, seen, CLIENT_ID_IN_USE))
         try:
             done, _ = await asyncio.wait({connect, refused}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -221,12 +258,12 @@ async def _connect(ib: IB, settings: IBSettings, seed: str, notices: list[tuple[
         except ConnectionError as exc:
             if exc.args and isinstance(exc.args[0], list):  # raiseSyncErrors: the connect-time reads timed out
                 raise IBTimeout(
-                    _timeout_text(settings, client_id, "reqPositions (sent by ib_async at connect)", notices,
+                    timeout_text(settings, client_id, "reqPositions (sent by ib_async at connect)", notices,
                                   settings.connect_timeout)
                 ) from exc  # fmt: skip
-            raise IBDisconnected(_disconnect_text(settings, client_id, "the connect-time reqPositions")) from exc
+            raise IBDisconnected(disconnect_text(settings, client_id, "the connect-time reqPositions")) from exc
         except TimeoutError as exc:
-            if _has_code(notices, seen, CLIENT_ID_IN_USE):
+            if has_code(notices, seen, CLIENT_ID_IN_USE):
                 ib.disconnect()
                 continue
             raise IBTimeout(
@@ -242,117 +279,3 @@ async def _connect(ib: IB, settings: IBSettings, seed: str, notices: list[tuple[
         f"IB at {settings.where} says client ids {tried} are already in use (error 326): another program or a "
         f"crashed run holds them; set IB_CLIENT_ID to a free range or wait for the gateway to release them"
     )
-
-
-class _AccountUpdatesRefused(IBError):
-    """2101: another client holds account updates for a different account."""
-
-
-async def _read_portfolio_when_free(
-    ib: IB,
-    account: str,
-    settings: IBSettings,
-    client_id: int,
-    notices: list[tuple[int, int, str]],
-    update_times: dict[str, str],
-) -> dict[tuple[str, int], PortfolioItem]:
-    """IB serves account updates to one account at a time across all clients: when another client (a backfill run
-    next to the sensor's) holds another account, wait for it and try again, within the request timeout."""
-    deadline = time.monotonic() + settings.request_timeout
-    delay, refusals = _REFUSED_FIRST_WAIT_S, 0
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            return await _read_portfolio(ib, account, settings, client_id, notices, update_times, remaining)
-        except _AccountUpdatesRefused as exc:
-            refusals += 1
-            if time.monotonic() + delay >= deadline:
-                raise IBError(f"{exc} (refused {refusals} times in {settings.request_timeout:g} s)") from exc
-            log.info("account updates for %s refused (2101), try %d; retrying in %.2f s", account, refusals, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _REFUSED_MAX_WAIT_S)
-
-
-_REFUSED_FIRST_WAIT_S = 0.1
-_REFUSED_MAX_WAIT_S = 1.0
-
-
-async def _read_portfolio(
-    ib: IB,
-    account: str,
-    settings: IBSettings,
-    client_id: int,
-    notices: list[tuple[int, int, str]],
-    update_times: dict[str, str],
-    timeout: float,
-) -> dict[tuple[str, int], PortfolioItem]:
-    """Subscribe to one account's updates, read to accountDownloadEnd, unsubscribe."""
-    wrapper = ib.wrapper
-    original = wrapper.updateAccountTime
-    wrapper.updateAccountTime = lambda timestamp: update_times.__setitem__(account, timestamp)  # type: ignore[method-assign]
-    seen = len(notices)
-    items: dict[tuple[str, int], PortfolioItem] = {}
-
-    def keep(item: PortfolioItem) -> None:  # ib.portfolio() drops positions closed today; the event keeps them
-        if item.account == account:
-            items[(item.account, item.contract.conId)] = item
-
-    ib.updatePortfolioEvent += keep
-    download = asyncio.ensure_future(ib.reqAccountUpdatesAsync(account))
-    refused = asyncio.ensure_future(_until_code(notices, seen, ACCOUNT_UPDATES_REFUSED))
-    try:
-        done, _ = await asyncio.wait({download, refused}, timeout=max(timeout, 0.0),
-                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        if refused in done:
-            download.cancel()
-            said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UPDATES_REFUSED)
-            raise _AccountUpdatesRefused(
-                f"IB at {settings.where} refused account updates for {account} to client id {client_id} (error "
-                f"2101: {said}): IB serves one account at a time across all clients and another client held "
-                f"another account throughout; the items are released and retried"
-            )
-        if download not in done:
-            download.cancel()
-            raise IBTimeout(
-                _timeout_text(settings, client_id, f"reqAccountUpdates({account})", notices, settings.request_timeout)
-            )
-        try:
-            download.result()
-        except ConnectionError as exc:
-            raise IBDisconnected(_disconnect_text(settings, client_id, f"reqAccountUpdates({account})")) from exc
-    finally:
-        refused.cancel()
-        ib.updatePortfolioEvent -= keep
-        wrapper.updateAccountTime = original  # type: ignore[method-assign]
-        if ib.isConnected():
-            ib.client.reqAccountUpdates(False, account)
-    return items
-
-
-def _timeout_text(
-    settings: IBSettings, client_id: int, what: str, notices: list[tuple[int, int, str]], waited: float
-) -> str:
-    """Every error IB sent on this connection (not the 2100-2199 notices) goes into the message."""
-    said = [f"{code} {text}" for _, code, text in notices if code < 2100 or code > 2199]
-    hint = f"; IB said: {' | '.join(said)}" if said else ""
-    return (
-        f"{what} did not complete within {waited:g} s (gateway {settings.where}, client id "
-        f"{client_id}){hint}: the gateway may be restarting or have lost its connection to IB; the items are "
-        f"released and retried"
-    )
-
-
-def _disconnect_text(settings: IBSettings, client_id: int, what: str) -> str:
-    return (
-        f"the connection to IB at {settings.where} (client id {client_id}) dropped during {what}: the items are "
-        f"released and retried on a later tick"
-    )
-
-
-def _has_code(notices: list[tuple[int, int, str]], since: int, code: int) -> bool:
-    return any(c == code for _, c, _ in notices[since:])
-
-
-async def _until_code(notices: list[tuple[int, int, str]], since: int, code: int) -> None:
-    while not _has_code(notices, since, code):
-        await asyncio.sleep(0.02)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterable, Mapping
-from datetime import UTC, date, datetime
+from collections.abc import Collection, Mapping
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable
+from deltalake import Field as DeltaField
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from position_pipeline.core.terms import LAKE_URI_VARIABLE
@@ -225,7 +224,24 @@ POSITION_VALUES = {
     "realized_pnl": pl.Float64(),
     "account_update_time": pl.String(),
 }
-"""The position and its values from IB, as both the ib_snapshot step and position_updates carry them."""
+"""The position and its values from IB, as both the ib_snapshot step and position_updates carry them.
+
+`position`, `average_cost` and the values come from one portfolio item of the account's download (one moment);
+`account_update_time` is IB's bare `HH:MM` for that moment, kept beside its parsed `values_as_of`."""
+
+DESK_VALUES = {
+    "values_as_of": UTC_TIMESTAMP,
+    "base_currency": pl.String(),
+    "fx_rate": pl.Float64(),
+    "market_value_base": pl.Float64(),
+    "unrealized_pnl_base": pl.Float64(),
+    "realized_pnl_base": pl.Float64(),
+}
+"""When IB computed the values (its account update time on the right day in IB_GATEWAY_TZ, as UTC) and the values
+in the account's base currency: `fx_rate` is the account's ExchangeRate for the row's currency from the same
+download (1.0 for the base currency), `*_base = * x fx_rate`; null when IB sent no rate, never a guessed 1.0.
+Nullable, and last in position_updates, so a lake written before they existed gets them by ALTER TABLE ADD COLUMNS
+(its older rows read null)."""
 
 SNAPSHOT_RESULTS_SCHEMA = pl.Schema(
     {
@@ -238,10 +254,12 @@ SNAPSHOT_RESULTS_SCHEMA = pl.Schema(
         "snapshot_at": UTC_TIMESTAMP,
         "client_id": pl.Int32(),
         **POSITION_VALUES,
+        **DESK_VALUES,
         "error": pl.String(),
     }
 )
-"""The ib_snapshot step's output: one row per claimed item, its position values, or `error` saying why none.
+"""The ib_snapshot step's output: per claimed item, one row per account it covers with its values, or one row with
+`error` saying why the item gets none (an item's rows are all there or none is).
 
 `claimed_at` and `claims` are carried from the queue so the position_updates step can time the batch and look for
 rows an earlier run of a re-claimed item (claims > 1) already wrote. Not a lake table: nothing here is NOT NULL.
@@ -256,12 +274,25 @@ POSITION_UPDATES_SCHEMA = pl.Schema(
         "snapshot_at": UTC_TIMESTAMP,
         "run_id": pl.String(),
         "snapshot_date": pl.Date(),
+        **DESK_VALUES,
     }
 )
-"""The `position_updates` table: the appended position history, one row per successfully refreshed item."""
+"""The `position_updates` table: the appended position history, one row per refreshed item and account holding its
+contract (an item pinned to an account: that account only). No POSITION_UPDATES_KEY has two rows."""
+
+
+def with_desk_values(history: pl.LazyFrame) -> pl.LazyFrame:
+    """A scan of position_updates with DESK_VALUES present: a lake not yet migrated by a run reads them as null."""
+    present = history.collect_schema()
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in DESK_VALUES.items() if name not in present]
+    return history.with_columns(missing) if missing else history
+
+
+POSITION_UPDATES_KEY = ("request_id", "account")
+"""What identifies a row of position_updates: written exactly once (the re-claim check, the duplicates check)."""
 
 POSITION_UPDATES_NULLABLE = frozenset(
-    {"right", "strike", "expiry", "multiplier", "account_update_time", "market_price", "realized_pnl"}
+    {"right", "strike", "expiry", "multiplier", "account_update_time", "market_price", "realized_pnl", *DESK_VALUES}
 )
 """What a contract may lack (a stock has no right, strike or expiry): null, never 0, '' or 'CALL'. A position closed
 today for which IB sent no portfolio item has a value of 0 but no known price or realized PnL: null."""
@@ -334,6 +365,9 @@ def ensure_position_updates_table(root: str, storage_options: Mapping[str, str] 
         storage_options=resolve_storage_options(root, storage_options),
     )
     found = pl.scan_delta(dt).collect_schema()
+    if found != POSITION_UPDATES_SCHEMA and _add_missing_columns(dt, found):
+        dt = DeltaTable(uri, storage_options=resolve_storage_options(uri, storage_options))
+        found = pl.scan_delta(dt).collect_schema()
     partitions = dt.metadata().partition_columns
     if found != POSITION_UPDATES_SCHEMA or partitions != [POSITION_UPDATES_PARTITION]:
         raise ValueError(
@@ -343,25 +377,17 @@ def ensure_position_updates_table(root: str, storage_options: Mapping[str, str] 
     return uri
 
 
-def existing_request_ids(
-    root: str, request_ids: Iterable[str], since: date, storage_options: Mapping[str, str] | None = None
-) -> set[str]:
-    """Which of `request_ids` already have a row in position_updates with snapshot_date >= `since`.
-
-    Reads only the partitions from `since` on, and only their request_id column. An absent table has no rows. A
-    datetime `since` counts by its UTC day (naive: taken as UTC). `storage_options` None: those
-    `storage_options_for(root)` gives.
-    """
-    wanted = sorted({str(i) for i in ([request_ids] if isinstance(request_ids, str) else request_ids)})
-    if not wanted:
-        return set()
-    if not isinstance(since, date):
-        raise TypeError(f"since must be a date, got {since!r}")
-    if isinstance(since, datetime):  # partitions are UTC days
-        since = (since if since.tzinfo is None else since.astimezone(UTC)).date()
-    dt = open_existing(table_uri(root, POSITION_UPDATES_TABLE), storage_options)
-    if dt is None:
-        return set()
-    dataset = dt.to_pyarrow_dataset(file_pruning_predicate=[(POSITION_UPDATES_PARTITION, ">=", since.isoformat())])
-    found = dataset.to_table(columns=["request_id"], filter=pc.field("request_id").isin(wanted))
-    return {str(v) for v in found.column("request_id").to_pylist()}
+def _add_missing_columns(dt: DeltaTable, found: pl.Schema) -> bool:
+    """Give a position_updates table written before DESK_VALUES existed those columns (one ALTER TABLE commit);
+    False, changing nothing, for any other difference. Safe when two processes do it at once."""
+    expected = list(POSITION_UPDATES_SCHEMA.items())
+    missing = [name for name in POSITION_UPDATES_SCHEMA if name not in found]
+    if not missing or list(found.items()) != expected[: len(found)] or set(missing) - set(DESK_VALUES):
+        return False
+    fields = [f for f in POSITION_UPDATES_ARROW_SCHEMA if f.name in missing]
+    try:
+        dt.alter.add_columns([DeltaField.from_arrow(f) for f in fields])
+        logger.info("added %s to %s", ", ".join(missing), dt.table_uri)
+    except DeltaError as exc:
+        logger.info("%s: columns added concurrently (%s)", dt.table_uri, exc)
+    return True

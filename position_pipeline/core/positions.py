@@ -38,11 +38,16 @@ KEY = ("account", "conid")
 VALUE_COLUMNS = (
     "account", "conid", "symbol", "sec_type", "right", "strike", "expiry", "multiplier", "currency", "local_symbol",
     "position", "average_cost", "market_price", "market_value", "unrealized_pnl", "realized_pnl",
-    "account_update_time", "snapshot_at", "request_id", "run_id",
+    "account_update_time", "snapshot_at", "request_id", "run_id", "values_as_of", "base_currency", "fx_rate",
+    "market_value_base", "unrealized_pnl_base", "realized_pnl_base",
 )  # fmt: skip
-"""The position_updates columns `latest_positions` returns, in this order, followed by `age_seconds`."""
+"""The position_updates columns `latest_positions` returns, in this order, followed by `age_seconds` and
+`values_age_seconds`."""
 
 AGE = "age_seconds"
+"""as_of - snapshot_at: how long ago the row was read."""
+VALUES_AGE = "values_age_seconds"
+"""snapshot_at - values_as_of: how old IB's values were when they were read (null for rows from before it was kept)."""
 
 
 def output_schema() -> pl.Schema:
@@ -51,7 +56,9 @@ def output_schema() -> pl.Schema:
 
     from position_pipeline.core.lake import POSITION_UPDATES_SCHEMA
 
-    return pl.Schema({**{name: POSITION_UPDATES_SCHEMA[name] for name in VALUE_COLUMNS}, AGE: pl.Float64()})
+    return pl.Schema(
+        {**{name: POSITION_UPDATES_SCHEMA[name] for name in VALUE_COLUMNS}, AGE: pl.Float64(), VALUES_AGE: pl.Float64()}
+    )
 
 
 def latest_positions(
@@ -85,7 +92,7 @@ def latest_positions(
     if table is None:
         return pl.DataFrame(schema=schema)
 
-    history = pl.scan_delta(table)  # one table version for both reads
+    history = lake.with_desk_values(pl.scan_delta(table))  # one table version for both reads
     up_to = (pl.col(lake.POSITION_UPDATES_PARTITION) <= at.date()) & (pl.col("snapshot_at") <= at)
     if account is not None:
         up_to &= pl.col("account") == account
@@ -107,12 +114,17 @@ def latest_positions(
         .sort("request_id")
         .unique(KEY, keep="last")
         .with_columns(
-            (pl.lit(at) - pl.col("snapshot_at")).dt.total_microseconds().truediv(1_000_000).round(6).alias(AGE)
+            _seconds(pl.lit(at) - pl.col("snapshot_at")).alias(AGE),
+            _seconds(pl.col("snapshot_at") - pl.col("values_as_of")).alias(VALUES_AGE),
         )
         .sort(KEY)
         .collect()
     )
     return rows.select(schema.names()).cast(schema)
+
+
+def _seconds(duration: pl.Expr) -> pl.Expr:
+    return duration.dt.total_microseconds().truediv(1_000_000).round(6)
 
 
 def _aware(name: str, value: object) -> datetime:

@@ -88,11 +88,18 @@ class FailedItem:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """The newest run in position_updates: its snapshot time and how many rows it appended."""
+    """The newest run in position_updates: its snapshot time, how many rows it appended, and the time of its oldest
+    values (IB's account update time; None for rows written before it was stored)."""
 
     run_id: str
     snapshot_at: datetime
     rows: int
+    values_as_of: datetime | None = None
+
+    @property
+    def values_age_s(self) -> float | None:
+        """How old the oldest values were when the run read them (snapshot_at - values_as_of)."""
+        return None if self.values_as_of is None else (self.snapshot_at - self.values_as_of).total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +184,8 @@ class Status:
                     "snapshot_at": iso(batch.snapshot_at),
                     "age_seconds": self.age_s(batch.snapshot_at),
                     "rows": batch.rows,
+                    "values_as_of": iso(batch.values_as_of),
+                    "values_age_seconds": batch.values_age_s,
                 },
             },
         }
@@ -267,7 +276,7 @@ def _updates_status(uri: str) -> tuple[TableStats, Batch | None]:
     """position_updates' version, files, rows, and its newest run (greatest snapshot_at, then run_id).
 
     A run's rows share one snapshot_at and so one snapshot_date partition: only the newest partition is read, and of
-    it only run_id and snapshot_at. The row count reads no column (Parquet footers only).
+    it only run_id, snapshot_at and values_as_of. The row count reads no column (Parquet footers only).
     """
     import polars as pl
 
@@ -278,21 +287,21 @@ def _updates_status(uri: str) -> tuple[TableStats, Batch | None]:
         return TableStats(uri, False, None, 0, 0), None
     days = [p.get(lake.POSITION_UPDATES_PARTITION) or "" for p in dt.partitions()]
     newest = max((d for d in days if d), default=None)
-    scan = pl.scan_delta(dt)
+    scan = lake.with_desk_values(pl.scan_delta(dt))
     queries = [scan.select(pl.len())]
     if newest is not None:
         queries.append(
             scan.filter(pl.col(lake.POSITION_UPDATES_PARTITION) == date.fromisoformat(newest))
             .group_by("run_id")
-            .agg(snapshot_at=pl.col("snapshot_at").max(), rows=pl.len())
+            .agg(snapshot_at=pl.col("snapshot_at").max(), rows=pl.len(), values_as_of=pl.col("values_as_of").min())
             .sort(["snapshot_at", "run_id"], descending=True)
             .head(1)
         )
     frames = pl.collect_all(queries)
     batch = None
     if len(frames) > 1 and frames[1].height:
-        run_id, snapshot_at, rows = frames[1].row(0)
-        batch = Batch(str(run_id), snapshot_at, int(rows))
+        run_id, snapshot_at, rows, values_as_of = frames[1].row(0)
+        batch = Batch(str(run_id), snapshot_at, int(rows), values_as_of)
     return TableStats(uri, True, dt.version(), len(dt.file_uris()), int(frames[0].item())), batch
 
 

@@ -1,4 +1,4 @@
-"""Turns a claimed batch and one IB snapshot into one result per item: the values, or why there are none.
+"""Turns a claimed batch and one IB snapshot into results: per item, a row per account it covers, or why none.
 
 Pure functions over polars frames. The design note's mistakes are not repeated: right, strike, expiry and multiplier
 come from the contract (null where a contract has none, as for stocks), never 0 / '' / 'CALL'.
@@ -11,31 +11,40 @@ from datetime import datetime
 import polars as pl
 
 from position_pipeline.core.ib_reader import HeldPosition, IBSnapshot
-from position_pipeline.core.lake import POSITION_UPDATES_SCHEMA, POSITION_VALUES, SNAPSHOT_RESULTS_SCHEMA
+from position_pipeline.core.lake import (
+    DESK_VALUES,
+    POSITION_UPDATES_SCHEMA,
+    POSITION_VALUES,
+    SNAPSHOT_RESULTS_SCHEMA,
+)
 
 
 def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot) -> pl.DataFrame:
-    """One row per claimed item of `batch` (a frame in the queue's schema): its values, or why there are none.
+    """Per claimed item of `batch` (a frame in the queue's schema): one row per account it covers, with the values,
+    or one row with `error` saying why it gets none.
 
-    The outcome depends only on the item's contract and pinned account, so it is worked out once per distinct pair
-    and joined to the items: a backfill's 100,000 items hold a few thousand pairs.
+    An item pinned to an account covers that account; one without covers every account read that holds its contract.
+    An item's rows are all there or none is: when one holding account has no values, the item fails as a whole. The
+    outcome depends only on the item's contract and pinned account, so it is worked out once per distinct pair and
+    joined to the items: a backfill's 100,000 items hold a few thousand pairs.
     """
     held = snapshot.by_conid()
-    outcomes = []
+    outcomes: list[dict[str, object]] = []
     for conid, pinned in batch.select("conid", "account").unique().iter_rows():
-        candidates = [p for p in held.get(conid, []) if pinned in (None, p.account)]
+        candidates = sorted((p for p in held.get(conid, []) if pinned in (None, p.account)), key=_by_account)
         error = _why_not(conid, pinned, candidates, snapshot.accounts, snapshot.taken_at)
-        outcome: dict[str, object] = {"conid": conid, "pinned": pinned, "error": error}
-        if error is None:
-            outcome.update(_values(candidates[0]))
-        outcomes.append(outcome)
+        if error is not None:
+            outcomes.append({"conid": conid, "pinned": pinned, "error": error})
+        else:
+            outcomes.extend({"conid": conid, "pinned": pinned, **_values(p), "error": None} for p in candidates)
     by_pair = pl.DataFrame(
-        outcomes, schema={"conid": pl.Int64(), "pinned": pl.String(), **POSITION_VALUES, "error": pl.String()}
+        outcomes,
+        schema={"conid": pl.Int64(), "pinned": pl.String(), **POSITION_VALUES, **DESK_VALUES, "error": pl.String()},
     )
     items = batch.select(
         "request_id",
         "conid",
-        pl.col("account").alias("pinned"),
+        pl.col("account").cast(pl.String).alias("pinned"),
         pl.col("symbol").alias("queued_symbol"),
         pl.col("created_at").alias("queued_at"),
         "claimed_at",
@@ -60,22 +69,92 @@ def position_update_rows(results: pl.DataFrame, run_id: str) -> pl.DataFrame:
     )
 
 
-def read_summary(results: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, int | str]:
-    """What the UI shows about one IB read of a batch: items, how many were found, the client id, their accounts."""
+def read_summary(results: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, int | float | str]:
+    """What the UI shows about one IB read of a batch: items, how many were found and in how many rows, the client
+    id, the accounts, how old the values were when read, and how many quantities moved since reqPositions."""
+    items = results["request_id"].n_unique()
     not_found = results.filter(pl.col("error").is_not_null()).height
+    found = results.filter(pl.col("error").is_null())
+    ages = values_ages(found)
     return {
-        "items": results.height,
-        "found": results.height - not_found,
+        "items": items,
+        "found": items - not_found,
         "not_found": not_found,
+        "rows": found.height,
         "client_id": snapshot.client_id,
-        "accounts": ", ".join(sorted({a for a in results["account"].to_list() if a})),
+        "accounts": ", ".join(sorted({a for a in found["account"].to_list() if a})),
+        "values_age_seconds_max": round(float(ages.max() or 0.0), 3),  # type: ignore[arg-type]
+        "values_age_seconds_median": round(float(ages.median() or 0.0), 3),  # type: ignore[arg-type]
+        "position_moved": len(position_moves(snapshot)),
     }
+
+
+def accounts_read(snapshot: IBSnapshot) -> pl.DataFrame:
+    """One row per account downloaded: its base currency, when IB computed its values, how old they were, the
+    currencies it sent a rate for, and how long the download took."""
+    rows = [
+        {
+            "account": d.account,
+            "base_currency": d.base_currency,
+            "account_update_time": d.update_time,
+            "values_as_of": d.values_as_of,
+            "values_age_seconds": None
+            if d.values_as_of is None
+            else round((d.finished_at - d.values_as_of).total_seconds(), 1),
+            "rates": ", ".join(f"{c} {r:g}" for c, r in sorted(d.rates.items())),
+            "seconds": round(d.seconds, 3),
+        }
+        for d in sorted(snapshot.downloads.values(), key=lambda d: d.account)
+    ]
+    schema = {
+        "account": pl.String(), "base_currency": pl.String(), "account_update_time": pl.String(),
+        "values_as_of": pl.Datetime("us", "UTC"), "values_age_seconds": pl.Float64(), "rates": pl.String(),
+        "seconds": pl.Float64(),
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema)
+
+
+def values_ages(rows: pl.DataFrame) -> pl.Series:
+    """snapshot_at - values_as_of of each row, in seconds (null where IB gave no time)."""
+    return rows.select(
+        (pl.col("snapshot_at") - pl.col("values_as_of")).dt.total_milliseconds().truediv(1000).alias("age")
+    ).to_series()
+
+
+def position_moves(snapshot: IBSnapshot) -> list[str]:
+    """One line per position whose quantity in the account download differs from the connect-time reqPositions
+    figure (a fill in between): the row carries the download's, the figure of the values' moment."""
+    return [
+        f"{p.account} conid {p.conid} ({p.local_symbol or p.symbol}): reqPositions said {p.connect_position:g}, the "
+        f"account download {p.position:g}; the row has {p.position:g}"
+        for p in snapshot.positions
+        if p.moved and p.connect_position is not None
+    ]
+
+
+def missing_rates(results: pl.DataFrame) -> list[str]:
+    """Why some rows have no base-currency values: one line per account and currency IB sent no ExchangeRate for."""
+    gaps = (
+        results.filter(pl.col("error").is_null() & pl.col("fx_rate").is_null())
+        .group_by("account", "currency", "base_currency")
+        .len("rows")
+        .sort("account", "currency")
+    )
+    return [
+        f"account {account} (base {base or 'unknown'}) sent no ExchangeRate for {currency}: {rows} rows without "
+        "base-currency values"
+        for account, currency, base, rows in gaps.iter_rows()
+    ]
 
 
 def failures(results: pl.DataFrame) -> dict[str, str]:
     """request_id -> reason, for the items that get no row."""
     failed = results.filter(pl.col("error").is_not_null())
     return dict(zip(failed["request_id"].to_list(), failed["error"].to_list(), strict=True))
+
+
+def _by_account(p: HeldPosition) -> str:
+    return p.account
 
 
 def _why_not(
@@ -86,18 +165,25 @@ def _why_not(
         return f"account {pinned} is not one of the accounts read ({', '.join(accounts)})"
     if not candidates:
         return f"not held: conid {conid} is not a position in {where} (IB read at {read_at:%Y-%m-%d %H:%M:%S} UTC)"
-    if len(candidates) > 1:
-        held_in = ", ".join(p.account for p in candidates)
-        return f"held in several accounts ({held_in}): enqueue the item with the account it is for"
-    if candidates[0].market_value is None and candidates[0].position != 0:
-        return f"IB sent no portfolio values for conid {conid} in {candidates[0].account} (reqAccountUpdates)"
+    for p in candidates:
+        if p.market_value is None and p.position != 0:
+            return f"IB sent no portfolio values for conid {conid} in {p.account} (reqAccountUpdates)"
+        if p.values_as_of is None:
+            told = f"{p.account_update_time!r}" if p.account_update_time is not None else "none"
+            return (
+                f"IB sent no usable account update time for {p.account} (got {told}): the values of conid {conid} "
+                "have no known time"
+            )
     return None
 
 
 def _values(p: HeldPosition) -> dict[str, object]:
-    """A position closed today (quantity 0) has no portfolio item in ib_async: its value is 0, its price unknown."""
+    """A position closed today (quantity 0) without a portfolio item: its value is 0, its price unknown. Base
+    values are the contract-currency values times the account's rate for that currency (null without a rate)."""
     closed = p.position == 0 and p.market_value is None
     has_expiry = p.sec_type in ("OPT", "FOP", "FUT", "WAR")
+    market_value = 0.0 if closed else p.market_value
+    unrealized = 0.0 if closed else p.unrealized_pnl
     return {
         "account": p.account,
         "symbol": p.symbol,
@@ -111,8 +197,18 @@ def _values(p: HeldPosition) -> dict[str, object]:
         "position": p.position,
         "average_cost": p.average_cost,
         "market_price": p.market_price,
-        "market_value": 0.0 if closed else p.market_value,
-        "unrealized_pnl": 0.0 if closed else p.unrealized_pnl,
+        "market_value": market_value,
+        "unrealized_pnl": unrealized,
         "realized_pnl": p.realized_pnl,
         "account_update_time": p.account_update_time,
+        "values_as_of": p.values_as_of,
+        "base_currency": p.base_currency,
+        "fx_rate": p.fx_rate,
+        "market_value_base": _in_base(market_value, p.fx_rate),
+        "unrealized_pnl_base": _in_base(unrealized, p.fx_rate),
+        "realized_pnl_base": _in_base(p.realized_pnl, p.fx_rate),
     }
+
+
+def _in_base(value: float | None, rate: float | None) -> float | None:
+    return None if value is None or rate is None else value * rate

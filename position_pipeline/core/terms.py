@@ -37,6 +37,10 @@ IB_PORT = 4002
 IB_CLIENT_ID = 100
 """First client id of this code location's range (TWS binds manual orders to id 0, so never 0)."""
 IB_CLIENT_ID_SPAN = 100
+IB_GATEWAY_TZ = "America/New_York"
+"""The gateway's time zone (an IANA name): IB's account update time is a bare HH:MM in the zone the gateway was
+logged in with. IB's own zone (its daily and weekly resets are set in US Eastern time) and the usual setting of
+gateway containers and IBC installs; a desk whose gateway runs elsewhere sets IB_GATEWAY_TZ."""
 IB_CONNECT_TIMEOUT_S = 10
 IB_REQUEST_TIMEOUT_S = 30
 

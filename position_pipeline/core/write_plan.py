@@ -1,18 +1,21 @@
 """What position_updates appends for a batch, and the write-back to the queue once the append is committed.
 
-Exactly once: a run appends a batch's rows only while it still holds every claim and no later than the write fence,
-skips rows an earlier run of the same items committed before dying, and marks the items SUCCESS or FAILED only after
-its append. `plan_write` decides (or refuses) before the append; `apply_write_back` marks the items after it. No
-Dagster here: the `position_updates` asset raises a refusal as the run's failure and shows the metadata.
+Exactly once, per row key (request_id, account): a run appends a batch's rows only while it still holds every claim
+and no later than the write fence, skips the keys an earlier run of the same items committed before dying, and marks
+the items SUCCESS or FAILED only after its append. `plan_write` decides (or refuses) before the append;
+`apply_write_back` marks the items after it. No Dagster here: the `position_updates` asset raises a refusal as the
+run's failure and shows the metadata.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 import polars as pl
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from position_pipeline.core import lake
@@ -34,8 +37,9 @@ class WriteRefusal:
 @dataclass(frozen=True)
 class WritePlan:
     """One batch's write: the rows to append, then the items to mark. Invariants: `succeeded` is the rows' request
-    ids followed by `already_written` (sorted); `failed` holds none of `already_written`; when `refusal` is set the
-    run writes nothing and `version_before` is None (the table is not read)."""
+    ids (each once, in row order) followed by the rest of `already_written` (sorted); no row's key is in the table
+    already; `failed` holds none of `already_written`; when `refusal` is set the run writes nothing and
+    `version_before` is None (the table is not read)."""
 
     run_id: str
     claimed: int
@@ -123,19 +127,25 @@ def plan_write(
     rows = position_update_rows(results, run_id)
     written_before = _already_written(root_uri, results, storage_options)
     if written_before:
-        rows = rows.filter(~pl.col("request_id").is_in(list(written_before)))
+        done = pl.DataFrame(
+            list(written_before), schema={"request_id": pl.String(), "account": pl.String()}, orient="row"
+        )
+        rows = rows.join(done, on=list(lake.POSITION_UPDATES_KEY), how="anti", maintain_order="left")
+    written_ids = {request_id for request_id, _ in written_before}
+    row_ids = rows["request_id"].unique(maintain_order=True).to_list()
+    request_ids = results["request_id"].unique(maintain_order=True).to_list()
     plan = WritePlan(
         run_id=run_id,
-        claimed=results.height,
+        claimed=len(request_ids),
         claimed_at=results["claimed_at"].min() if results.height else None,  # type: ignore[arg-type]
         rows=rows,
-        succeeded=rows["request_id"].to_list() + sorted(written_before),
-        failed={i: error for i, error in failures(results).items() if i not in written_before},
-        already_written=written_before,
+        succeeded=row_ids + sorted(written_ids - set(row_ids)),
+        failed={i: error for i, error in failures(results).items() if i not in written_ids},
+        already_written=written_ids,
         table_uri=uri,
         storage_options=storage_options,
     )
-    refusal = _claims_refusal(results["request_id"].to_list(), run_id, queue) if results.height else None
+    refusal = _claims_refusal(request_ids, run_id, queue) if request_ids else None
     if refusal is not None:
         return replace(plan, refusal=refusal)
     return replace(plan, version_before=_table_version(uri, storage_options))
@@ -184,13 +194,41 @@ def _claims_refusal(request_ids: list[str], run_id: str, queue: PositionQueue) -
     return None
 
 
-def _already_written(root_uri: str, results: pl.DataFrame, storage_options: lake.StorageOptions | None) -> set[str]:
-    """Rows that an earlier run of the same items committed before dying (only re-claimed items can have one)."""
+def _already_written(
+    root_uri: str, results: pl.DataFrame, storage_options: lake.StorageOptions | None
+) -> set[tuple[str, str]]:
+    """Row keys that an earlier run of the same items committed before dying (only re-claimed items can have one)."""
     again = results.filter(pl.col("claims") > 1)
     if again.is_empty():
         return set()
     since = again["queued_at"].min().date()  # type: ignore[union-attr]
-    return lake.existing_request_ids(root_uri, again["request_id"].to_list(), since, storage_options)
+    return existing_row_keys(root_uri, again["request_id"].unique().to_list(), since, storage_options)
+
+
+def existing_row_keys(
+    root: str, request_ids: Iterable[str], since: date, storage_options: Mapping[str, str] | None = None
+) -> set[tuple[str, str]]:
+    """The (request_id, account) keys of position_updates rows of `request_ids` with snapshot_date >= `since`.
+
+    Reads only the partitions from `since` on, and only the key columns. An absent table has no rows. A datetime
+    `since` counts by its UTC day (naive: taken as UTC). `storage_options` None: those
+    `lake.storage_options_for(root)` gives.
+    """
+    wanted = sorted({str(i) for i in ([request_ids] if isinstance(request_ids, str) else request_ids)})
+    if not wanted:
+        return set()
+    if not isinstance(since, date):
+        raise TypeError(f"since must be a date, got {since!r}")
+    if isinstance(since, datetime):  # partitions are UTC days
+        since = (since if since.tzinfo is None else since.astimezone(UTC)).date()
+    dt = lake.open_existing(lake.table_uri(root, lake.POSITION_UPDATES_TABLE), storage_options)
+    if dt is None:
+        return set()
+    pruning = [(lake.POSITION_UPDATES_PARTITION, ">=", since.isoformat())]
+    dataset = dt.to_pyarrow_dataset(file_pruning_predicate=pruning)  # type: ignore[arg-type]
+    found = dataset.to_table(columns=list(lake.POSITION_UPDATES_KEY), filter=pc.field("request_id").isin(wanted))
+    ids, accounts = (found.column(c).to_pylist() for c in lake.POSITION_UPDATES_KEY)
+    return {(str(r), str(a)) for r, a in zip(ids, accounts, strict=True)}
 
 
 def _table_version(uri: str, storage_options: lake.StorageOptions | None) -> int:

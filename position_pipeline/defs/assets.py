@@ -3,7 +3,8 @@
 Exactly once: a run claims its batch in the queue (PROCESSING, claimed_by = run id), appends the rows through the
 Delta IO manager, and only then marks the items SUCCESS or FAILED. A run that dies in between leaves its items
 PROCESSING; the sensor gives them back to PENDING once Dagster reports the run finished, and the next run skips
-writing rows that an earlier run of the same item already committed (`claims > 1` items are checked).
+writing the (request_id, account) rows an earlier run of the same item already committed (`claims > 1` items are
+checked).
 
 Dagster forbids cycles, so the write-back to the queue is recorded as a materialization of the `position_queue`
 asset: its history in the UI lists every run's write-back.
@@ -19,7 +20,13 @@ from pydantic import Field
 
 from position_pipeline.core.ib_reader import IBError
 from position_pipeline.core.lake import SNAPSHOT_RESULTS_SCHEMA
-from position_pipeline.core.sync import read_summary, snapshot_results
+from position_pipeline.core.sync import (
+    accounts_read,
+    missing_rates,
+    position_moves,
+    read_summary,
+    snapshot_results,
+)
 from position_pipeline.core.terms import BACKFILL_BATCH_SIZE, MAX_ATTEMPTS, SENSOR_BATCH_SIZE
 from position_pipeline.core.write_plan import WriteRefusal, apply_write_back, plan_write
 from position_pipeline.defs.metadata import markdown_table
@@ -111,7 +118,9 @@ def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake
     kinds={"polars"},
     description=(
         "One polling read from IB for the whole batch: reqPositions once, then the portfolio of each account "
-        "involved (reqAccountUpdates, one account at a time). No market-data request, no order."
+        "involved (reqAccountUpdates, one account at a time). Per item, one result per account holding its contract "
+        "(or its pinned account), with quantity and values from that account's download. No market-data request, "
+        "no order."
     ),
     **_SYNC,
 )
@@ -133,11 +142,23 @@ def ib_snapshot(
         ) from exc
     results = snapshot_results(queued_positions, snapshot)
     summary = read_summary(results, snapshot)
+    for line in position_moves(snapshot):
+        context.log.warning(f"position changed between reqPositions and the account download: {line}")
+    for line in missing_rates(results):
+        context.log.warning(f"no base-currency values: {line}")
     context.log.info(
-        f"IB read for {queued_positions.height} items with client id {snapshot.client_id} "
-        f"from accounts {', '.join(snapshot.accounts)}: {summary['found']} found, {summary['not_found']} not"
+        f"IB read for {summary['items']} items with client id {snapshot.client_id} "
+        f"from accounts {', '.join(snapshot.accounts)}: {summary['found']} found ({summary['rows']} rows, one per "
+        f"holding account), {summary['not_found']} not; values up to {summary['values_age_seconds_max']} s old"
     )
-    return dg.Output(results, metadata={**summary, "ib_read_seconds": round(time.perf_counter() - started, 3)})
+    return dg.Output(
+        results,
+        metadata={
+            **summary,
+            "ib_read_seconds": round(time.perf_counter() - started, 3),
+            "accounts_read": dg.MetadataValue.md(markdown_table(accounts_read(snapshot))),
+        },
+    )
 
 
 @dg.asset(
@@ -145,9 +166,10 @@ def ib_snapshot(
     metadata={"mode": "append", "partition_expr": "queued_at"},
     kinds={"polars", "delta"},
     description=(
-        "Position history: one row per successful item, appended in one Delta commit per batch, stored by "
-        "snapshot_date. Rows keep queued_at (the hour partition) and snapshot_at (positions are as of the run, "
-        "also in a backfill: IB has no history). After the append, the batch is written back to position_queue."
+        "Position history: one row per successful item and account holding its contract, appended in one Delta "
+        "commit per batch, stored by snapshot_date. Rows keep queued_at (the hour partition), snapshot_at (the read; "
+        "positions are as of the run, also in a backfill: IB has no history) and values_as_of (when IB computed the "
+        "values). After the append, the batch is written back to position_queue."
     ),
     **_SYNC,
 )
@@ -155,7 +177,9 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
     queue = lake.queue()
     plan = plan_write(ib_snapshot, context.run_id, queue, lake.root_uri, lake.storage_options())
     if plan.already_written:
-        context.log.warning(f"{len(plan.already_written)} items were written by an earlier run that died; not again")
+        context.log.warning(
+            f"{len(plan.already_written)} items have rows from an earlier run that died; not written again"
+        )
     _fail_if_refused(plan.refusal)
     yield dg.Output(
         plan.rows,

@@ -4,7 +4,7 @@ Four checks, each a `@dg.asset_check` around an evaluation in `core/health.py` (
 tables and an explicit `now`): the check passes the current time and its config, and `check_result` shows the
 outcome as Dagster's result, its tables as markdown:
 
-- position_updates `no_duplicate_request_ids` (ERROR): every request_id has one row (exactly once held);
+- position_updates `no_duplicate_rows` (ERROR): no (request_id, account) has two rows (exactly once held);
 - position_queue `no_expired_claims` (ERROR): nothing stays PROCESSING longer than the claim lease;
 - position_queue `failed_share_last_hour` (WARN): the items that finished in the last hour mostly succeeded;
 - position_updates `fresh_while_pending` (ERROR): while items wait to be claimed, rows keep arriving.
@@ -78,13 +78,14 @@ class FreshnessConfig(dg.Config):
     asset=position_updates,
     blocking=False,
     description=(
-        "Every request_id has exactly one row in position_updates. A second row means an item was written twice: "
-        "exactly-once broke (a run that appended after losing its claim, or a manual append). Readers still get one "
-        "latest row per position, but the history counts it twice. What to do: open the runs in the sample (their "
-        "logs say why both wrote), then delete the later run's rows (Delta DELETE on request_id and run_id)."
+        "Every (request_id, account) has at most one row in position_updates (an item has one row per account "
+        "holding its contract). A second row means an item was written twice for one account: exactly-once broke "
+        "(a run that appended after losing its claim, or a manual append). Readers still get one latest row per "
+        "position, but the history counts it twice. What to do: open the runs in the sample (their logs say why "
+        "both wrote), then delete the later run's rows (Delta DELETE on request_id, account and run_id)."
     ),
 )
-def no_duplicate_request_ids(lake: LakeResource) -> dg.AssetCheckResult:
+def no_duplicate_rows(lake: LakeResource) -> dg.AssetCheckResult:
     return check_result(evaluate_duplicates(lake.root_uri, storage_options=lake.storage_options()))
 
 
@@ -151,4 +152,4 @@ def fresh_while_pending(config: FreshnessConfig, lake: LakeResource) -> dg.Asset
     )
 
 
-ASSET_CHECKS = [no_duplicate_request_ids, no_expired_claims, failed_share_last_hour, fresh_while_pending]
+ASSET_CHECKS = [no_duplicate_rows, no_expired_claims, failed_share_last_hour, fresh_while_pending]

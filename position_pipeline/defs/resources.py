@@ -16,6 +16,7 @@ from dagster_deltalake.config import ClientConfig
 from pydantic import Field
 
 from position_pipeline.core import lake, terms
+from position_pipeline.core.account_time import gateway_zone
 from position_pipeline.core.ib_reader import IBSettings, IBSnapshot, read_snapshot
 from position_pipeline.core.queue import PositionQueue
 from position_pipeline.defs.io_managers import PositionUpdatesIOManager
@@ -47,6 +48,11 @@ class IBResource(dg.ConfigurableResource):
         default=terms.IB_REQUEST_TIMEOUT_S,
         description="Seconds for each account's portfolio download (IB_REQUEST_TIMEOUT).",
     )
+    gateway_tz: str = Field(
+        default=terms.IB_GATEWAY_TZ,
+        description="The gateway's time zone, an IANA name (IB_GATEWAY_TZ): IB states when it computed the values as "
+        "a bare HH:MM in the zone the gateway was logged in with.",
+    )
 
     def settings(self) -> IBSettings:
         for name in ("port", "client_id", "client_id_span", "connect_timeout", "request_timeout"):
@@ -54,7 +60,12 @@ class IBResource(dg.ConfigurableResource):
                 raise dg.DagsterInvalidConfigError(
                     f"IBResource.{name} must be at least 1, got {getattr(self, name)}", [], None
                 )
+        try:
+            gateway_zone(self.gateway_tz)
+        except ValueError as exc:
+            raise dg.DagsterInvalidConfigError(f"IBResource.gateway_tz: {exc}", [], None) from exc
         return IBSettings(
+            gateway_tz=self.gateway_tz,
             host=self.host,
             port=self.port,
             client_id=self.client_id,
@@ -98,6 +109,7 @@ def ib_resource() -> IBResource:
         accounts=_env_or("IB_ACCOUNTS", ""),
         connect_timeout=_env_or("IB_CONNECT_TIMEOUT", terms.IB_CONNECT_TIMEOUT_S, int),
         request_timeout=_env_or("IB_REQUEST_TIMEOUT", terms.IB_REQUEST_TIMEOUT_S, int),
+        gateway_tz=_env_or("IB_GATEWAY_TZ", terms.IB_GATEWAY_TZ),
     )
 
 

@@ -97,10 +97,11 @@ def test_command_table_is_aligned_and_shows_the_age(history_root: str, capsys: p
     assert code == 0
     title, header, *rows = out.splitlines()
     assert title.startswith(f"4 positions as of 2030-01-05T15:02:05Z in {history_root}")
-    assert header.split()[:3] == ["ACCOUNT", "CONID", "SYMBOL"] and header.endswith("AGE")
+    assert header.split()[:3] == ["ACCOUNT", "CONID", "SYMBOL"] and header.endswith("AGE  VALUES AGE")
     assert len(rows) == 4
-    age_end = len(header)
+    age_end = header.index("  VALUES AGE")
     assert [row[:age_end].rsplit(maxsplit=1)[-1] for row in rows] == ["2m05s", "1d19h", "2d14h", "3d00h"]
+    assert [row.rsplit(maxsplit=1)[-1] for row in rows] == ["2m00s"] * 4, "values_as_of: the minute IB stated"
     assert all(len(row) == len(header) for row in rows), "the age column is right-aligned under its header"
     symbol_at = header.index("SYMBOL")
     assert [row[symbol_at : symbol_at + 4] for row in rows] == ["AAPL", "SPY ", "AAPL", "MSFT"]

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 
 from position_pipeline.core import lake
 from position_pipeline.core.health import (
@@ -22,6 +24,7 @@ from position_pipeline.core.health import (
 from position_pipeline.core.queue import PositionQueue
 from position_pipeline.defs.metadata import markdown_table
 from position_pipeline_tests.support.lake_tables import append_rows
+from position_pipeline_tests.support.position_rows import position_update_row
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +45,7 @@ def value(result: HealthOutcome, key: str) -> object:
     return markdown_table(found) if isinstance(found, pl.DataFrame) else found
 
 
-# no_duplicate_request_ids
+# no_duplicate_rows
 
 
 def test_duplicates_pass_without_a_table_and_create_none(root: str) -> None:
@@ -72,10 +75,23 @@ def test_duplicates_fail_with_a_sample_naming_the_runs(root: str, t0: datetime) 
     assert value(result, "rows_scanned") == 6
     assert value(result, "duplicates") == 2 and value(result, "extra_rows") == 3
     sample = str(value(result, "sample")).splitlines()
-    assert sample[0] == "| request_id | rows | run_ids |"
+    assert sample[0] == "| request_id | account | rows | run_ids |"
     # Most-duplicated first, each with every run that wrote it.
-    assert sample[2:] == ["| b | 3 | run-1, run-2, run-3 |", "| a | 2 | run-1, run-2 |"]
-    assert result.description == "2 request_ids have more than one row (3 extra rows in 6)"
+    assert sample[2:] == ["| b | DU1000001 | 3 | run-1, run-2, run-3 |", "| a | DU1000001 | 2 | run-1, run-2 |"]
+    assert result.description == "2 (request_id, account) pairs have more than one row (3 extra rows in 6)"
+
+
+def test_one_item_with_a_row_per_holding_account_is_no_duplicate(root: str, t0: datetime) -> None:
+    """An item without an account has one row per account holding its contract: the key is (request_id, account)."""
+    uri = lake.ensure_position_updates_table(root)
+    rows = [position_update_row(request_id="x", account=a, snapshot_at=t0) for a in ("DU1", "DU2", "DU3")]
+    write_deltalake(uri, pa.Table.from_pylist(rows, schema=lake.POSITION_UPDATES_ARROW_SCHEMA), mode="append")
+    assert evaluate_duplicates(root).passed
+    again = [position_update_row(request_id="x", account="DU2", snapshot_at=t0 + MINUTE, run_id="run-late")]
+    write_deltalake(uri, pa.Table.from_pylist(again, schema=lake.POSITION_UPDATES_ARROW_SCHEMA), mode="append")
+    result = evaluate_duplicates(root)
+    assert not result.passed and value(result, "duplicates") == 1 and value(result, "extra_rows") == 1
+    assert str(value(result, "sample")).splitlines()[2] == f"| x | DU2 | 2 | run-{t0:%d%H%M}, run-late |"
 
 
 # no_expired_claims

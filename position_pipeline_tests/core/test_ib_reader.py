@@ -27,7 +27,6 @@ from position_pipeline_tests.support.ib_reads import (
     conids_by_account,
     expect_error,
     held_only_by,
-    hh_mm_between,
     requests_of,
     settings_for,
     state_of,
@@ -63,7 +62,12 @@ def test_values_equal_the_simulator_state_across_all_accounts(sim: GatewayThread
         assert_matches_state(position, state)
         assert position.account_update_time is not None
         assert re.fullmatch(r"\d{2}:\d{2}", position.account_update_time)
-        assert position.account_update_time in hh_mm_between(before, after)
+        # IB's HH:MM is the gateway's local time (New York here); values_as_of is its UTC moment, to the minute
+        assert position.account_update_time == state.account_update_time(position.account)
+        valued_at = state.valued_at(position.account)
+        assert position.values_as_of == valued_at.replace(second=0, microsecond=0)
+        assert position.base_currency == state.base_currency(position.account)
+        assert position.fx_rate == state.exchange_rate(position.account, position.currency)
 
     assert snapshot.taken_at.tzinfo is not None and snapshot.taken_at.utcoffset().total_seconds() == 0
     assert before <= snapshot.taken_at <= after

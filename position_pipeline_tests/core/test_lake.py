@@ -7,9 +7,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue as stdlib_queue
-import shutil
 import traceback
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +83,13 @@ POSITION_VALUES = [
 ]
 
 
+DESK_VALUES = ["values_as_of", "base_currency", "fx_rate", "market_value_base", "unrealized_pnl_base",
+               "realized_pnl_base"]  # fmt: skip
+NULLABLE_IN_ORDER = [
+    "right", "strike", "expiry", "multiplier", "market_price", "realized_pnl", "account_update_time", *DESK_VALUES
+]  # fmt: skip
+
+
 def test_snapshot_results_schema() -> None:
     schema = lake.SNAPSHOT_RESULTS_SCHEMA
     assert schema.names() == [
@@ -96,6 +102,7 @@ def test_snapshot_results_schema() -> None:
         "snapshot_at",
         "client_id",
         *POSITION_VALUES,
+        *DESK_VALUES,
         "error",
     ]
     assert schema["conid"] == pl.Int64 and schema["client_id"] == pl.Int32 and schema["claims"] == pl.Int32
@@ -119,19 +126,20 @@ def test_position_updates_schema() -> None:
         "snapshot_at",
         "run_id",
         "snapshot_date",
+        *DESK_VALUES,
     ]
     assert schema["snapshot_date"] == pl.Date
+    assert schema["values_as_of"] == pl.Datetime("us", "UTC") and schema["fx_rate"] == pl.Float64
     assert schema["queued_at"] == schema["snapshot_at"] == pl.Datetime("us", "UTC")
     # Every history column comes from a snapshot result, except what the position_updates step stamps.
     shared = [n for n in schema.names() if n not in ("run_id", "snapshot_date")]
     assert all(lake.SNAPSHOT_RESULTS_SCHEMA[n] == schema[n] for n in shared)
-    assert sorted(lake.POSITION_UPDATES_NULLABLE) == [
-        "account_update_time", "expiry", "market_price", "multiplier", "realized_pnl", "right", "strike",
-    ]  # fmt: skip
+    assert sorted(lake.POSITION_UPDATES_NULLABLE) == sorted([
+        "account_update_time", "expiry", "market_price", "multiplier", "realized_pnl", "right", "strike", *DESK_VALUES
+    ])  # fmt: skip
     arrow = lake.POSITION_UPDATES_ARROW_SCHEMA
-    assert [f.name for f in arrow if f.nullable] == [
-        "right", "strike", "expiry", "multiplier", "market_price", "realized_pnl", "account_update_time",
-    ]  # fmt: skip
+    assert [f.name for f in arrow if f.nullable] == NULLABLE_IN_ORDER
+    assert lake.POSITION_UPDATES_KEY == ("request_id", "account") and not arrow.field("account").nullable
     assert arrow.field("request_id").type == pa.string()
 
 
@@ -160,9 +168,7 @@ def test_ensure_creates_the_partitioned_table_once(tmp_path: Path) -> None:
     assert dt.metadata().partition_columns == ["snapshot_date"]
     assert dt.metadata().name == "position_updates"
     fields = {f.name: f for f in dt.schema().fields}
-    assert [n for n, f in fields.items() if f.nullable] == [
-        "right", "strike", "expiry", "multiplier", "market_price", "realized_pnl", "account_update_time",
-    ]  # fmt: skip
+    assert [n for n, f in fields.items() if f.nullable] == NULLABLE_IN_ORDER
     assert fields["snapshot_at"].type.type == "timestamp" and fields["snapshot_date"].type.type == "date"
     assert pl.scan_delta(uri).collect_schema() == lake.POSITION_UPDATES_SCHEMA
 
@@ -261,59 +267,28 @@ def test_concurrent_creators_all_get_the_table(tmp_path: Path) -> None:
     assert dt.version() == 0 and dt.metadata().partition_columns == ["snapshot_date"]
 
 
-# existing_request_ids
-
-
-def test_existing_request_ids_reads_only_recent_partitions(tmp_path: Path) -> None:
+def test_a_table_from_before_the_desk_columns_gets_them_and_keeps_its_rows(tmp_path: Path) -> None:
+    """An existing lake needs nothing: the first ensure (every sync run's) adds the new columns, null in old rows."""
     root = str(tmp_path / "lake")
-    assert lake.existing_request_ids(root, ["a"], date(2030, 1, 1)) == set(), "no table yet: no rows"
-    uri = lake.ensure_position_updates_table(root)
-    assert lake.existing_request_ids(root, ["a"], date(2030, 1, 1)) == set(), "an empty table: no rows"
-    rows = [
-        {"request_id": "old", "snapshot_date": date(2030, 1, 1)},
-        {"request_id": "mid", "snapshot_date": date(2030, 1, 2)},
-        {"request_id": "new", "snapshot_date": date(2030, 1, 3)},
-        {"request_id": "other", "snapshot_date": date(2030, 1, 3)},
-    ]
-    write_deltalake(uri, _updates(rows).to_arrow(), mode="append")
+    uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
+    old_names = [n for n in lake.POSITION_UPDATES_SCHEMA.names() if n not in DESK_VALUES]
+    old_schema = pa.schema([lake.POSITION_UPDATES_ARROW_SCHEMA.field(n) for n in old_names])
+    DeltaTable.create(uri, old_schema, partition_by=["snapshot_date"])
+    old_row = _updates([{"request_id": "old", "snapshot_date": date(2030, 1, 2)}]).select(old_names)
+    write_deltalake(uri, old_row.to_arrow().cast(old_schema), mode="append")
+    assert lake.ensure_position_updates_table(root) == uri
+    dt = DeltaTable(uri)
+    assert dt.version() == 2 and [f.name for f in dt.schema().fields] == lake.POSITION_UPDATES_SCHEMA.names()
+    write_deltalake(uri, _updates([{"request_id": "new", "snapshot_date": date(2030, 1, 3)}]).to_arrow(), mode="append")
+    rows = pl.read_delta(uri).sort("request_id")
+    assert rows["request_id"].to_list() == ["new", "old"]
+    assert rows["values_as_of"].to_list()[1] is None and rows["values_as_of"].to_list()[0] is not None
+    assert lake.ensure_position_updates_table(root) == uri and DeltaTable(uri).version() == 3, "added once"
 
-    wanted = ["old", "mid", "new", "never-written"]
-    assert lake.existing_request_ids(root, wanted, date(2030, 1, 1)) == {"old", "mid", "new"}
-    assert lake.existing_request_ids(root, wanted, date(2030, 1, 2)) == {"mid", "new"}
-    assert lake.existing_request_ids(root, wanted, datetime(2030, 1, 3, 23, tzinfo=UTC)) == {"new"}
-    east = timezone(timedelta(hours=5))
-    assert lake.existing_request_ids(root, wanted, datetime(2030, 1, 3, 2, tzinfo=east)) == {"mid", "new"}  # UTC day 2
-    assert lake.existing_request_ids(root, wanted, date(2030, 1, 4)) == set()
-    assert lake.existing_request_ids(root, ["never-written", "x"], date(2030, 1, 1)) == set()
-    assert lake.existing_request_ids(root, [], date(2030, 1, 1)) == set()
-    assert lake.existing_request_ids(root, "new", date(2030, 1, 1)) == {"new"}  # one id, not its characters
-
-    # Partitions before `since` are not even opened: with the oldest one's files gone, later lookups still work.
-    shutil.rmtree(Path(uri) / "snapshot_date=2030-01-01")
-    assert lake.existing_request_ids(root, wanted, date(2030, 1, 2)) == {"mid", "new"}
-    with pytest.raises(Exception, match=r"(?i)not found|no such file"):
-        lake.existing_request_ids(root, wanted, date(2030, 1, 1))
-
-
-def test_existing_request_ids_reads_only_the_request_id_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = str(tmp_path / "lake")
-    uri = lake.ensure_position_updates_table(root)
-    write_deltalake(uri, _updates([{"request_id": "a", "snapshot_date": date(2030, 1, 2)}]).to_arrow(), mode="append")
-    reads: list[dict[str, Any]] = []
-
-    class Recording(DeltaTable):
-        def to_pyarrow_dataset(self, *args: Any, **kwargs: Any) -> Any:
-            dataset = super().to_pyarrow_dataset(*args, **kwargs)
-
-            class Dataset:
-                def to_table(self, **read: Any) -> pa.Table:
-                    reads.append({**kwargs, **read})
-                    return dataset.to_table(**read)
-
-            return Dataset()
-
-    monkeypatch.setattr(lake, "DeltaTable", Recording)
-    assert lake.existing_request_ids(root, ["a", "b"], date(2030, 1, 2)) == {"a"}
-    assert len(reads) == 1
-    assert reads[0]["columns"] == ["request_id"]
-    assert reads[0]["file_pruning_predicate"] == [("snapshot_date", ">=", "2030-01-02")]
+    other = str(tmp_path / "other")  # a table missing an older column is not ours: refused, not altered
+    names = [n for n in old_names if n != "symbol"]
+    DeltaTable.create(lake.table_uri(other, lake.POSITION_UPDATES_TABLE),
+                      pa.schema([lake.POSITION_UPDATES_ARROW_SCHEMA.field(n) for n in names]),
+                      partition_by=["snapshot_date"])  # fmt: skip
+    with pytest.raises(ValueError, match="not a position_updates table"):
+        lake.ensure_position_updates_table(other)

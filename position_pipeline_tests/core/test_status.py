@@ -110,7 +110,10 @@ def test_last_successful_batch_is_the_newest_run(full: Lake) -> None:
     uri = lake.table_uri(full.root, lake.POSITION_UPDATES_TABLE)
 
     assert s.position_updates == status.TableStats(uri, True, 3, 3, 9)
-    assert s.last_batch == status.Batch("run-late", datetime(2025, 1, 2, 9, 0, tzinfo=UTC), 2)
+    assert s.last_batch == status.Batch(
+        "run-late", datetime(2025, 1, 2, 9, 0, tzinfo=UTC), 2, datetime(2025, 1, 2, 8, 58, 30, tzinfo=UTC)
+    )
+    assert s.last_batch.values_age_s == 90.0
 
 
 def test_recent_failures_are_the_five_newest_failed_items(tmp_path: Path) -> None:
@@ -209,4 +212,6 @@ def test_json_round_trips_with_utc_timestamps(full: Lake) -> None:
         "snapshot_at": "2025-01-02T09:00:00Z",
         "age_seconds": (now - datetime(2025, 1, 2, 9, tzinfo=UTC)).total_seconds(),
         "rows": 2,
+        "values_as_of": "2025-01-02T08:58:30Z",
+        "values_age_seconds": 90.0,
     }

@@ -16,8 +16,9 @@ from position_pipeline.core.sync import snapshot_results
 from position_pipeline.core.write_plan import apply_write_back, plan_write
 
 AAPL = HeldPosition(
-    "DU1", 265598, "AAPL", "STK", "", 0.0, "", "", "USD", "AAPL", "AAPL", "SMART", 5.0, 10.0, 12.0, 60.0, 10.0, 0.0, "x"
-)
+    "DU1", 265598, "AAPL", "STK", "", 0.0, "", "", "USD", "AAPL", "AAPL", "SMART", 5.0, 10.0, 12.0, 60.0, 10.0, 0.0,
+    "14:29", values_as_of=datetime(2030, 1, 2, 14, 29, tzinfo=UTC), base_currency="USD", fx_rate=1.0,
+)  # fmt: skip
 
 
 def claimed_results(queue: PositionQueue, run_id: str) -> pl.DataFrame:

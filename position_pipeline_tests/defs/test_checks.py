@@ -62,7 +62,7 @@ def test_check_job_on_a_healthy_lake(root: str, queue: PositionQueue, instance: 
     assert sorted(evaluations) == sorted(c.name for check in ASSET_CHECKS for c in check.check_keys)
     stored = latest(instance)
     assert all(e.passed for e in stored.values())
-    assert stored["no_duplicate_request_ids"].metadata["rows_scanned"].value == 2
+    assert stored["no_duplicate_rows"].metadata["rows_scanned"].value == 2
     assert stored["failed_share_last_hour"].metadata["succeeded"].value == 2
 
     # Run config, as from the launchpad: with a 30 s lease, a claim held for a minute has expired.
@@ -93,13 +93,13 @@ def test_check_job_reports_every_failure(root: str, queue: PositionQueue, instan
     stored = latest(instance)
     assert not any(e.passed for e in stored.values())
     assert {name: e.severity for name, e in stored.items()} == {
-        "no_duplicate_request_ids": ERROR,
+        "no_duplicate_rows": ERROR,
         "no_expired_claims": ERROR,
         "failed_share_last_hour": WARN,
         "fresh_while_pending": ERROR,
     }
-    assert stored["no_duplicate_request_ids"].metadata["duplicates"].value == 1
-    assert "| dup | 2 | run-a, run-b |" in str(stored["no_duplicate_request_ids"].metadata["sample"].value)
+    assert stored["no_duplicate_rows"].metadata["duplicates"].value == 1
+    assert "| dup | DU1000001 | 2 | run-a, run-b |" in str(stored["no_duplicate_rows"].metadata["sample"].value)
     assert stored["no_expired_claims"].metadata["run_ids"].value == "run-stuck"
     assert stored["failed_share_last_hour"].metadata["share"].value == 0.8
     fresh = stored["fresh_while_pending"].metadata

@@ -3,6 +3,7 @@ simulated gateway. Checks values, write-back, exactly-once after a crash, and wh
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -11,13 +12,13 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from position_pipeline.core import lake
-from position_pipeline.core.ib_reader import HeldPosition, IBSnapshot
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.core.sync import position_update_rows, snapshot_results
 from position_pipeline.definitions import defs
 from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.defs.resources import IBResource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline_tests.support.ib_reads import holders_of
 from position_pipeline_tests.support.sync_runs import ASSETS, SYNC, sim_resources
 
 pytestmark = pytest.mark.timeout(120)
@@ -225,49 +226,87 @@ def test_a_batch_claimed_longer_ago_than_the_write_fence_is_given_back_not_writt
     assert queue.claims_by_run() == {}
 
 
-def test_snapshot_results_keep_item_order_and_judge_each_pinned_account() -> None:
-    """Items are judged once per (contract, pinned account) and joined back: order, duplicates and nulls survive."""
-    now = datetime.now(UTC)
-    held = [
-        HeldPosition("DU1", 11, "AAA", "STK", "", 0.0, "", "", "USD", "AAA", "AAA", "SMART", 5.0, 10.0, 12.0, 60.0),
-        HeldPosition("DU2", 11, "AAA", "STK", "", 0.0, "", "", "USD", "AAA", "AAA", "SMART", 7.0, 10.0, 12.0, 84.0),
-        HeldPosition("DU1", 22, "BBB", "STK", "", 0.0, "", "", "USD", "BBB", "BBB", "SMART", 1.0, 3.0, 4.0, 4.0),
-    ]
-    snapshot = IBSnapshot(now, 7, 178, ["DU1", "DU2"], ["DU1", "DU2"], held)
-    items = [
-        ("r1", 22, None),
-        ("r2", 11, "DU2"),
-        ("r3", 11, None),
-        ("r4", 33, None),
-        ("r5", 22, None),
-        ("r6", 11, "DU1"),
-    ]
-    batch = pl.DataFrame(
-        {
-            "request_id": [i[0] for i in items],
-            "conid": [i[1] for i in items],
-            "symbol": ["S"] * len(items),
-            "account": [i[2] for i in items],
-            "created_at": [now] * len(items),
-            "claimed_at": [now] * len(items),
-            "claims": [1] * len(items),
-        },
-        schema_overrides={"claims": pl.Int32, "created_at": lake.UTC_TIMESTAMP, "claimed_at": lake.UTC_TIMESTAMP},
-    )
+def test_items_without_an_account_get_a_row_for_every_holding_account_in_one_commit(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    holders = holders_of(sim_state)
+    shared = sorted(c for c, accounts in holders.items() if len(accounts) >= 2)[:6]
+    single = sorted(c for c, accounts in holders.items() if len(accounts) == 1)[:4]
+    assert len(shared) == 6 and len(single) == 4
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = queue.insert_many([(c, "S") for c in shared + single])
+    pinned_to = sorted(holders[shared[0]])[-1]
+    [pinned] = queue.insert_many([{"conid": shared[0], "symbol": "S", "account": pinned_to}])
 
-    results = snapshot_results(batch, snapshot)
+    result = run_sync(root, sim, instance)
 
-    assert results["request_id"].to_list() == ["r1", "r2", "r3", "r4", "r5", "r6"]
-    assert results.select("account", "position").rows() == [
-        ("DU1", 1.0),
-        ("DU2", 7.0),
-        (None, None),
-        (None, None),
-        ("DU1", 1.0),
-        ("DU1", 5.0),
+    assert result.success
+    table = updates(root)
+    expected = {(rid, a) for rid, c in zip(ids, shared + single, strict=True) for a in holders[c]}
+    expected.add((pinned, pinned_to))  # a pinned item covers its account only
+    ids.append(pinned)
+    assert set(table.select("request_id", "account").iter_rows()) == expected
+    assert table.height == len(expected) > len(ids)
+    assert DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).version() == 1  # create + one append
+    assert set(queue.read()["status"].to_list()) == {QueueStatus.SUCCESS}
+    for row in table.iter_rows(named=True):
+        holding = sim_state.holding(row["account"], row["conid"])
+        assert holding is not None and row["position"] == holding.quantity
+        assert row["base_currency"] == sim_state.base_currency(row["account"])
+        assert row["fx_rate"] == sim_state.exchange_rate(row["account"], row["currency"])
+        assert row["market_value_base"] == pytest.approx(row["market_value"] * row["fx_rate"])
+        assert row["values_as_of"] <= row["snapshot_at"]
+    metadata = result.asset_materializations_for_node("ib_snapshot")[0].metadata
+    assert metadata["rows"].value == len(expected) and metadata["items"].value == len(ids)
+
+
+def test_a_crash_after_the_append_of_a_multi_account_item_never_writes_another_row(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    """Killed between the append and the write-back, then re-claimed: the item's rows are all there already."""
+    holders = holders_of(sim_state)
+    conid = max(holders, key=lambda c: (len(holders[c]), -c))
+    assert len(holders[conid]) == 3
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    [request_id] = queue.insert_many([(conid, "S")])
+    first = queue.claim(2, 50, claimed_by="dead-run")
+    snapshot = IBResource(port=sim.port).read_snapshot(first["conid"].to_list(), "dead-run")
+    rows = position_update_rows(snapshot_results(first, snapshot), "dead-run")
+    assert rows.height == 3
+    write_deltalake(lake.ensure_position_updates_table(root), rows.to_arrow(), mode="append")
+    assert queue.release_runs(["dead-run"]) == 1
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    table = updates(root)
+    assert sorted(table.select("request_id", "account").iter_rows()) == [
+        (request_id, a) for a in sorted(holders[conid])
     ]
-    errors = results["error"].to_list()
-    assert errors[0] is None and errors[1] is None and errors[4] is None and errors[5] is None
-    assert errors[2].startswith("held in several accounts (DU1, DU2)")
-    assert errors[3].startswith("not held: conid 33")
-    assert set(results["client_id"].to_list()) == {7} and set(results["snapshot_at"].to_list()) == {now}
+    assert set(table["run_id"].to_list()) == {"dead-run"}
+    assert queue.read()["status"].to_list() == [QueueStatus.SUCCESS]
+
+
+def test_a_fill_before_the_download_is_stored_with_the_downloads_quantity_and_logged(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    holding = next(h for h in sim_state.positions() if h.contract.sec_type == "STK" and h.quantity)
+    account, conid, before = holding.account, holding.contract.conid, holding.quantity
+    sim.set_faults(fills_before_download={account: [(conid, before + 40)]})
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    [request_id] = queue.insert_many([{"conid": conid, "symbol": "S", "account": account}])
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    row = updates(root).row(0, named=True)
+    told = sim_state.valuation(sim_state.holding(account, conid))  # type: ignore[arg-type]
+    assert (row["request_id"], row["position"], row["market_value"]) == (request_id, before + 40, told.market_value)
+    metadata = result.asset_materializations_for_node("ib_snapshot")[0].metadata
+    assert metadata["position_moved"].value == 1
+    warnings = [
+        e.message
+        for e in instance.all_logs(result.run_id)
+        if e.level == logging.WARNING and "between reqPositions and the account download" in e.message
+    ]
+    assert len(warnings) == 1 and f"{account} conid {conid} " in warnings[0] and f"said {before:g}" in warnings[0]

@@ -23,10 +23,12 @@ def settings_in_a_run(resource: IBResource) -> object:
 
 
 def test_defaults_point_at_a_local_paper_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("IB_HOST", "IB_PORT", "IB_CLIENT_ID", "IB_ACCOUNTS", "IB_CONNECT_TIMEOUT", "IB_REQUEST_TIMEOUT"):
+    for name in ("IB_HOST", "IB_PORT", "IB_CLIENT_ID", "IB_ACCOUNTS", "IB_CONNECT_TIMEOUT", "IB_REQUEST_TIMEOUT",
+                 "IB_GATEWAY_TZ"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     settings = settings_in_a_run(ib_resource())
     assert (settings.host, settings.port, settings.client_id, settings.accounts) == ("127.0.0.1", 4002, 100, ())  # type: ignore[attr-defined]
+    assert settings.gateway_tz == "America/New_York"  # type: ignore[attr-defined]
 
 
 def test_environment_variables_configure_the_resource_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,7 +38,9 @@ def test_environment_variables_configure_the_resource_at_run_time(monkeypatch: p
     monkeypatch.setenv("IB_ACCOUNTS", "DU1, DU2")
     monkeypatch.setenv("IB_CONNECT_TIMEOUT", "7")
     monkeypatch.setenv("IB_REQUEST_TIMEOUT", "45")
+    monkeypatch.setenv("IB_GATEWAY_TZ", "Europe/Zurich")
     settings = settings_in_a_run(ib_resource())
+    assert settings.gateway_tz == "Europe/Zurich"  # type: ignore[attr-defined]
     assert (settings.host, settings.port, settings.client_id) == ("10.1.2.3", 7497, 500)  # type: ignore[attr-defined]
     assert settings.accounts == ("DU1", "DU2")  # type: ignore[attr-defined]
     assert (settings.connect_timeout, settings.request_timeout) == (7, 45)  # type: ignore[attr-defined]
@@ -46,6 +50,12 @@ def test_environment_variables_configure_the_resource_at_run_time(monkeypatch: p
 def test_nonsense_values_are_refused_with_the_field_named(field: str) -> None:
     with pytest.raises(dg.DagsterInvalidConfigError, match=f"IBResource.{field} must be at least 1"):
         IBResource(**{field: 0}).settings()
+
+
+@pytest.mark.parametrize("zone", ["", "Eastern", "America/Nowhere"])
+def test_a_gateway_tz_that_is_not_an_iana_zone_is_refused_before_any_connection(zone: str) -> None:
+    with pytest.raises(dg.DagsterInvalidConfigError, match=r"IBResource.gateway_tz: IB_GATEWAY_TZ .* is not an IANA"):
+        IBResource(gateway_tz=zone).settings()
 
 
 def test_the_lake_defaults_to_dot_lake_and_follows_position_lake_uri(

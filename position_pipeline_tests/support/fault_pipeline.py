@@ -26,6 +26,7 @@ from position_pipeline.defs.resources import LakeResource
 from position_pipeline.defs.sensors import position_sync_sensor
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 from position_pipeline_tests.support.fault_worker import sync_resources
+from position_pipeline_tests.support.ib_reads import holders_of
 
 NOT_HELD_CONID = 99_000_000  # the generated gateways hold conids from 101000 and from 700000000, none here
 NOT_HELD_SYMBOL = "GONE"
@@ -73,42 +74,65 @@ class Outcome:
     problems: list[str]
 
 
-def invariant(queue: pl.DataFrame, written: list[str], enqueued: list[str]) -> Outcome:
-    """Classify every enqueued item from the queue table and the request_ids of position_updates' rows."""
+def invariant(
+    queue: pl.DataFrame, written: list[tuple[str, str]], enqueued: list[str], holders: dict[int, set[str]]
+) -> Outcome:
+    """Classify every enqueued item from the queue table and the (request_id, account) keys of position_updates'
+    rows. An item pinned to an account needs that account's row; one without needs a row for every account that
+    holds its contract (`holders`, from the gateway's state), and no key may have two rows."""
     rows = Counter(written)
-    items = {r["request_id"]: r for r in queue.select("request_id", "status", "error_message").iter_rows(named=True)}
+    by_item: dict[str, set[str]] = {}
+    for request_id, account in rows:
+        by_item.setdefault(request_id, set()).add(account)
+    columns = ("request_id", "status", "error_message", "conid", "account")
+    items = {r["request_id"]: r for r in queue.select(columns).iter_rows(named=True)}
     problems: list[str] = []
     if queue.height != len(items):
         problems.append(f"the queue holds {queue.height - len(items)} request_ids twice")
+    twice = {key: count for key, count in rows.items() if count > 1}
     succeeded = failed = lost = duplicated = 0
     for request_id in dict.fromkeys(enqueued):
-        item, count = items.get(request_id), rows.get(request_id, 0)
-        if count > 1:
+        item, accounts = items.get(request_id), by_item.get(request_id, set())
+        doubled = sorted(a for (rid, a) in twice if rid == request_id)
+        if doubled:
             duplicated += 1
-            problems.append(f"{request_id}: {count} rows in position_updates")
+            problems.append(f"{request_id}: two rows or more for account(s) {', '.join(doubled)}")
         elif item is None:
             lost += 1
             problems.append(f"{request_id}: not in the queue")
-        elif item["status"] == QueueStatus.SUCCESS and count == 1:
+        elif item["status"] == QueueStatus.SUCCESS and accounts and accounts == _expected(item, holders):
             succeeded += 1
-        elif item["status"] == QueueStatus.FAILED and (item["error_message"] or "").strip() and count == 0:
+        elif item["status"] == QueueStatus.FAILED and (item["error_message"] or "").strip() and not accounts:
             failed += 1
         else:
             lost += 1
-            problems.append(f"{request_id}: {item['status']} with {count} rows, error {item['error_message']!r}")
-    strays = set(rows) - set(enqueued)
+            problems.append(
+                f"{request_id}: {item['status']} with rows for {sorted(accounts)} (expected "
+                f"{sorted(_expected(item, holders))}), error {item['error_message']!r}"
+            )
+    strays = set(by_item) - set(enqueued)
     if strays:
         duplicated += len(strays)
         problems.append(f"rows for {len(strays)} request_ids never enqueued: {sorted(strays)[:5]}")
     return Outcome(len(set(enqueued)), succeeded, failed, lost, duplicated, problems)
 
 
-def written_ids(root: str) -> list[str]:
-    """Every row's request_id in position_updates (none when the table was never written)."""
+def _expected(item: dict[str, Any], holders: dict[int, set[str]]) -> set[str]:
+    return {item["account"]} if item["account"] else holders.get(item["conid"], set())
+
+
+def written_keys(root: str) -> list[tuple[str, str]]:
+    """Every row's (request_id, account) in position_updates (none when the table was never written)."""
     uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
     if not (Path(uri) / "_delta_log").exists():
         return []
-    return DeltaTable(uri).to_pyarrow_table(columns=["request_id"]).column("request_id").to_pylist()
+    table = pl.from_arrow(DeltaTable(uri).to_pyarrow_table(columns=["request_id", "account"]))
+    return list(table.iter_rows())  # type: ignore[union-attr]
+
+
+def written_ids(root: str) -> list[str]:
+    """Every row's request_id in position_updates (an item held in several accounts appears once per account)."""
+    return [request_id for request_id, _ in written_keys(root)]
 
 
 def worker(command: str, *args: str) -> list[str]:
@@ -141,13 +165,16 @@ class Pipeline:
         return PositionQueue(lake.table_uri(self.root, lake.QUEUE_TABLE))
 
     def items(self, held: int, not_held: int = 0, start: int = 0) -> list[dict[str, Any]]:
-        """Items for `held` contracts the gateway holds (with their account) and `not_held` it does not."""
+        """Items for `held` contracts the gateway holds and `not_held` it does not. Every third held item names no
+        account, as the design note's producers do: it covers every account holding its contract (a desk's
+        shared holdings give those several rows); the others name their holding's account."""
         holdings = list(self.state.positions())[start : start + held]
         assert len(holdings) == held, f"the gateway holds only {len(holdings)} positions from {start}"
         assert not any(NOT_HELD_CONID <= h.contract.conid < NOT_HELD_CONID + not_held for h in self.state.positions())
-        return [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in holdings] + [
-            {"conid": NOT_HELD_CONID + i, "symbol": f"{NOT_HELD_SYMBOL}{i}"} for i in range(not_held)
-        ]
+        return [
+            {"conid": h.contract.conid, "symbol": h.contract.symbol, "account": None if i % 3 == 2 else h.account}
+            for i, h in enumerate(holdings, start)
+        ] + [{"conid": NOT_HELD_CONID + i, "symbol": f"{NOT_HELD_SYMBOL}{i}"} for i in range(not_held)]
 
     def enqueue(self, held: int, not_held: int = 0, *, start: int = 0, queued_at: datetime | None = None) -> list[str]:
         ids = self.queue.insert_many(self.items(held, not_held, start), queued_at=queued_at)
@@ -265,7 +292,7 @@ class Pipeline:
 
     def check(self, scenario: str, extra_runs: dict[str, bool] | None = None, note: str = "") -> Outcome:
         """Apply the invariant, add the scenario's row to the report, and assert it."""
-        outcome = invariant(self.queue.read(), written_ids(self.root), self.enqueued)
+        outcome = invariant(self.queue.read(), written_keys(self.root), self.enqueued, holders_of(self.state))
         runs = {**self.runs, **(extra_runs or {})}
         REPORT.append(
             {

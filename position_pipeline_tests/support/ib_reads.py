@@ -4,7 +4,6 @@ of what a read left behind."""
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 import pytest
 
@@ -38,6 +37,14 @@ def conids_by_account(state: GatewayState) -> dict[str, set[int]]:
     held: dict[str, set[int]] = {account: set() for account in state.accounts}
     for holding in state.positions():
         held[holding.account].add(holding.contract.conid)
+    return held
+
+
+def holders_of(state: GatewayState) -> dict[int, set[str]]:
+    """conid -> the accounts that hold it (closed-today positions included: IB still reports them)."""
+    held: dict[int, set[str]] = {}
+    for h in state.positions():
+        held.setdefault(h.contract.conid, set()).add(h.account)
     return held
 
 
@@ -79,7 +86,3 @@ def assert_matches_state(position: HeldPosition, state: GatewayState) -> None:
         value.market_price, value.market_value, value.unrealized_pnl, value.realized_pnl,
     )  # fmt: skip
     assert got == expected, f"{position.account}/{position.conid}"
-
-
-def hh_mm_between(before: datetime, after: datetime) -> set[str]:
-    return {before.strftime("%H:%M"), after.strftime("%H:%M")}

@@ -25,7 +25,8 @@ AFTER_ALL = datetime(2030, 1, 6, 12, 0, tzinfo=UTC)
 OUTPUT_COLUMNS = [
     "account", "conid", "symbol", "sec_type", "right", "strike", "expiry", "multiplier", "currency", "local_symbol",
     "position", "average_cost", "market_price", "market_value", "unrealized_pnl", "realized_pnl",
-    "account_update_time", "snapshot_at", "request_id", "run_id", "age_seconds",
+    "account_update_time", "snapshot_at", "request_id", "run_id", "values_as_of", "base_currency", "fx_rate",
+    "market_value_base", "unrealized_pnl_base", "realized_pnl_base", "age_seconds", "values_age_seconds",
 ]  # fmt: skip
 
 

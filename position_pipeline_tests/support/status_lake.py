@@ -14,6 +14,8 @@ from position_pipeline.core.queue import PositionQueue
 
 # Fixed claim and mark times, an hour after the items are created (created_at is always the wall clock).
 T = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+VALUES_AGE = timedelta(seconds=90)
+"""How old IB's values were when each hand-made batch read them."""
 MINUTE = timedelta(minutes=1)
 
 
@@ -62,8 +64,10 @@ def update_rows(run_id: str, snapshot_at: datetime, n: int) -> pl.DataFrame:
         "snapshot_date": [snapshot_at.date()] * n,
     }
     stock = dict.fromkeys(
-        ["right", "strike", "expiry", "multiplier", "realized_pnl", "account_update_time"], [None] * n
+        ["right", "strike", "expiry", "multiplier", "realized_pnl", "account_update_time", *lake.DESK_VALUES],
+        [None] * n,
     )
+    stock["values_as_of"] = [snapshot_at - VALUES_AGE] * n
     return pl.DataFrame({**values, **stock}, schema=lake.POSITION_UPDATES_SCHEMA)
 
 

@@ -1,6 +1,8 @@
 """End to end: the real Dagster daemon runs this code location's sensor against the simulated gateway.
 
-300 items across three accounts must each end SUCCESS with exactly one row whose values equal the simulator's;
+300 items on a three-account desk (shared holdings, EUR/GBP/JPY listings, a EUR-base account; every third item names
+no account, as the design note's producers do) must each end SUCCESS with one row per account it covers, whose
+values equal what the simulator told, in the contract's and the account's base currency;
 items the gateway does not hold must end FAILED with a reason and no row; and the gateway must have seen no order and
 no market-data request. The measured latencies go to `e2e_figures.json` in the test's temp folder and to stdout.
 """
@@ -26,6 +28,8 @@ from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, SimulatedGateway
 from position_pipeline_tests.support import REPO
+from position_pipeline_tests.support.fault_pipeline import invariant, written_keys
+from position_pipeline_tests.support.ib_reads import holders_of
 from position_pipeline_tests.support.services import dagster_home, instance_at, pipeline_env, terminate_group
 from position_pipeline_tests.support.waiting import wait_until
 
@@ -85,22 +89,37 @@ def test_the_daemon_keeps_position_updates_current(daemon_env, daemon) -> None: 
             seen_at.setdefault(request_id, now)
         return len(ids)
 
+    holders = holders_of(state)
+    items = [
+        {"conid": h.contract.conid, "symbol": h.contract.symbol, "account": None if i % 3 == 2 else h.account}
+        for i, h in enumerate(holdings)
+    ]
+    expected_rows = sum(1 if item["account"] else len(holders[item["conid"]]) for item in items)  # type: ignore[index]
+    assert expected_rows > 300
+
     for start in range(0, 300, 50):  # producers enqueue while the sensor runs
-        chunk = holdings[start : start + 50]
         at = time.time()
-        ids = queue.insert_many(
-            [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in chunk]
-        )
+        ids = queue.insert_many(items[start : start + 50])
         enqueued_at.update(dict.fromkeys(ids, at))
         for _ in range(8):  # the producers' pace (50 items per 2 s), sampling arrivals meanwhile
             poll_rows()
             time.sleep(0.25)
 
-    wait_for(lambda: poll_rows() >= 300 and queue.counts()[QueueStatus.SUCCESS] == 300, 300, "300 SUCCESS", daemon, log)
+    wait_for(
+        lambda: poll_rows() >= expected_rows and queue.counts()[QueueStatus.SUCCESS] == 300,
+        300,
+        "300 SUCCESS",
+        daemon,
+        log,
+    )
 
+    outcome = invariant(queue.read(), written_keys(root), list(enqueued_at), holders)
+    assert (outcome.succeeded, outcome.lost, outcome.duplicated) == (300, 0, 0), outcome.problems[:10]
     rows = pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
     assert isinstance(rows, pl.DataFrame)
-    assert rows.height == 300 and rows["request_id"].n_unique() == 300
+    assert rows.height == expected_rows and rows["request_id"].n_unique() == 300
+    assert {"EUR", "GBP", "JPY"} <= set(rows["currency"].to_list())
+    assert set(rows["base_currency"].to_list()) == {"USD", "EUR"}
     for row in rows.iter_rows(named=True):
         holding = state.holding(row["account"], row["conid"])
         assert holding is not None
@@ -110,6 +129,10 @@ def test_the_daemon_keeps_position_updates_current(daemon_env, daemon) -> None: 
             value.market_price,
             value.market_value,
         )
+        rate = state.exchange_rate(row["account"], row["currency"])
+        assert (row["base_currency"], row["fx_rate"]) == (state.base_currency(row["account"]), rate)
+        assert row["market_value_base"] == pytest.approx(value.market_value * rate)  # type: ignore[operator]
+        assert row["values_as_of"] == state.valued_at(row["account"]).replace(second=0, microsecond=0)
 
     unknown = queue.insert_many([(88_000_000 + i, f"NOPE{i}") for i in range(5)])
     wait_for(
@@ -121,7 +144,7 @@ def test_the_daemon_keeps_position_updates_current(daemon_env, daemon) -> None: 
     )
     failed = queue.read().filter(pl.col("request_id").is_in(unknown))
     assert all("not held" in message for message in failed["error_message"].to_list())
-    assert poll_rows() == 300
+    assert poll_rows() == expected_rows
 
     records = sim.requests()
     assert not any(r.is_order or r.is_market_data for r in records)

@@ -67,7 +67,7 @@ def test_run_worker_killed(pipeline: Pipeline, point: str, recovery: str) -> Non
     assert dead is not None and dead.status == dg.DagsterRunStatus.STARTED  # nothing told Dagster
     p.runs[run_id] = False
     rows_of_dead_run = written_ids(p.root)
-    assert len(rows_of_dead_run) == (20 if point in _POINTS_APPENDED else 0)
+    assert len(set(rows_of_dead_run)) == (20 if point in _POINTS_APPENDED else 0)
     held = p.queue.claims_by_run().get(run_id, 0)
 
     if recovery == "run monitoring":
@@ -92,7 +92,7 @@ def test_run_worker_killed(pipeline: Pipeline, point: str, recovery: str) -> Non
     p.drain()
     p.check(f"worker SIGKILL {point} ({recovery})")
     rows = pl.from_arrow(DeltaTable(lake.table_uri(p.root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())
-    assert isinstance(rows, pl.DataFrame) and rows.height == 20
+    assert isinstance(rows, pl.DataFrame) and rows["request_id"].n_unique() == 20 and rows.height > 20  # shared: >1 row
     if point in _POINTS_APPENDED:  # the dead run's rows stay; the next run added none for the same items
         assert set(rows["run_id"].to_list()) == {run_id}
 

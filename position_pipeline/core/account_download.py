@@ -1,0 +1,172 @@
+"""One account's download (reqAccountUpdates): its portfolio items, account values and update time, read to
+accountDownloadEnd and unsubscribed. No Dagster here.
+
+IB serves account updates for one account at a time across all clients, so a download that another client's
+subscription blocks (2101) is asked for again, within the request timeout. What the download says about the
+account beside its positions is kept: its base currency, the ExchangeRate of each currency and the account update
+time, parsed into the UTC moment of the values (`account_time.values_as_of`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from ib_async import IB, AccountValue, PortfolioItem
+
+from position_pipeline.core.account_time import values_as_of
+from position_pipeline.core.ib_errors import (
+    ACCOUNT_UPDATES_REFUSED,
+    IBDisconnected,
+    IBError,
+    IBTimeout,
+    Notices,
+    Where,
+    disconnect_text,
+    timeout_text,
+    until_code,
+)
+
+log = logging.getLogger(__name__)
+
+BASE = "BASE"
+"""The pseudo-currency of IB's account values that are totals in the account's base currency."""
+
+BASE_CURRENCY_KEYS = ("NetLiquidation", "TotalCashValue", "EquityWithLoanValue", "AvailableFunds")
+"""Account-level values IB states in the base currency: the first one present names it."""
+
+_REFUSED_FIRST_WAIT_S = 0.1
+_REFUSED_MAX_WAIT_S = 1.0
+
+
+@dataclass
+class AccountDownload:
+    """What one account's download said. `items` by conid (positions closed today included, with quantity 0);
+    `rates` maps a currency to the factor that turns it into `base_currency` (the base itself: 1.0)."""
+
+    account: str
+    finished_at: datetime
+    items: dict[int, PortfolioItem] = field(default_factory=dict)
+    update_time: str | None = None
+    values_as_of: datetime | None = None
+    base_currency: str | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def fx_rate(self, currency: str) -> float | None:
+        """The rate for `currency`, or None when IB sent none (never a guessed 1.0)."""
+        return self.rates.get(currency)
+
+
+def account_facts(download: AccountDownload, values: list[AccountValue], zone: ZoneInfo) -> None:
+    """Fill in the base currency, the rates and the moment of the values from the download's account values."""
+    download.base_currency = next(
+        (v.currency for key in BASE_CURRENCY_KEYS for v in values if v.tag == key and v.currency not in ("", BASE)),
+        None,
+    )
+    for v in values:
+        if v.tag == "ExchangeRate" and v.currency not in ("", BASE):
+            try:
+                rate = float(v.value)
+            except ValueError:
+                log.warning("account %s: ExchangeRate %r for %s is not a number", v.account, v.value, v.currency)
+                continue
+            if rate > 0:
+                download.rates[v.currency] = rate
+    if download.base_currency is not None:
+        download.rates[download.base_currency] = 1.0
+    if download.update_time is not None:
+        download.values_as_of = values_as_of(download.update_time, download.finished_at, zone)
+
+
+async def read_account_when_free(
+    ib: IB, account: str, settings: Where, timeout: float, client_id: int, notices: Notices, zone: ZoneInfo
+) -> AccountDownload:
+    """IB serves account updates to one account at a time across all clients: when another client (a backfill run
+    next to the sensor's) holds another account, wait for it and try again, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay, refusals = _REFUSED_FIRST_WAIT_S, 0
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return await read_account(ib, account, settings, client_id, notices, zone, remaining, timeout)
+        except _AccountUpdatesRefused as exc:
+            refusals += 1
+            if time.monotonic() + delay >= deadline:
+                raise IBError(f"{exc} (refused {refusals} times in {timeout:g} s)") from exc
+            log.info("account updates for %s refused (2101), try %d; retrying in %.2f s", account, refusals, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _REFUSED_MAX_WAIT_S)
+
+
+class _AccountUpdatesRefused(IBError):
+    """2101: another client holds account updates for a different account."""
+
+
+async def read_account(
+    ib: IB,
+    account: str,
+    settings: Where,
+    client_id: int,
+    notices: Notices,
+    zone: ZoneInfo,
+    remaining: float,
+    timeout: float,
+) -> AccountDownload:
+    """Subscribe to one account's updates, read to accountDownloadEnd, unsubscribe."""
+    started = time.perf_counter()
+    wrapper = ib.wrapper
+    original = wrapper.updateAccountTime
+    download = AccountDownload(account, datetime.now(UTC))
+    values: list[AccountValue] = []
+
+    def keep_time(timestamp: str) -> None:
+        download.update_time = timestamp
+
+    def keep_item(item: PortfolioItem) -> None:  # ib.portfolio() drops positions closed today; the event keeps them
+        if item.account == account:
+            download.items[item.contract.conId] = item
+
+    def keep_value(value: AccountValue) -> None:
+        if value.account == account:
+            values.append(value)
+
+    wrapper.updateAccountTime = keep_time  # type: ignore[method-assign]
+    ib.updatePortfolioEvent += keep_item
+    ib.accountValueEvent += keep_value
+    seen = len(notices)
+    request = asyncio.ensure_future(ib.reqAccountUpdatesAsync(account))
+    refused = asyncio.ensure_future(until_code(notices, seen, ACCOUNT_UPDATES_REFUSED))
+    try:
+        done, _ = await asyncio.wait({request, refused}, timeout=max(remaining, 0.0),
+                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if refused in done:
+            request.cancel()
+            said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UPDATES_REFUSED)
+            raise _AccountUpdatesRefused(
+                f"IB at {settings.where} refused account updates for {account} to client id {client_id} (error "
+                f"2101: {said}): IB serves one account at a time across all clients and another client held "
+                f"another account throughout; the items are released and retried"
+            )
+        if request not in done:
+            request.cancel()
+            raise IBTimeout(timeout_text(settings, client_id, f"reqAccountUpdates({account})", notices, timeout))
+        try:
+            request.result()
+        except ConnectionError as exc:
+            raise IBDisconnected(disconnect_text(settings, client_id, f"reqAccountUpdates({account})")) from exc
+    finally:
+        refused.cancel()
+        ib.updatePortfolioEvent -= keep_item
+        ib.accountValueEvent -= keep_value
+        wrapper.updateAccountTime = original  # type: ignore[method-assign]
+        if ib.isConnected():
+            ib.client.reqAccountUpdates(False, account)
+    download.finished_at = datetime.now(UTC)
+    download.seconds = time.perf_counter() - started
+    account_facts(download, values, zone)
+    return download
