@@ -29,11 +29,10 @@ def account_download(state: GatewayState, account: str, end: bool) -> list[list[
 
 
 def portfolio_push(state: GatewayState, holding: Holding) -> list[list[Field]]:
-    """A changed holding for its account's updates subscriber: its new values and the account's update time."""
-    return [
-        m.portfolio_value(holding, state.valuation(holding)),
-        m.account_update_time(state.account_update_time(holding.account)),
-    ]
+    """A changed holding for its account's updates subscriber. The change revalued the whole account, so the
+    subscriber is told all of it, as at a refresh tick (account values, every holding, the update time; no end):
+    what a subscriber was last told is always the stored valuation."""
+    return account_download(state, holding.account, end=False)
 
 
 def account_updates_multi(state: GatewayState, req_id: int, account: str, model_code: str) -> list[list[Field]]:

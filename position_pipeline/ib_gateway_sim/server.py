@@ -20,7 +20,7 @@ from .faults import Faults
 from .hub import Hub, RequestRecord
 from .messages import ErrorCode, error_text
 from .session import Session
-from .state import Contract, GatewayState, Holding
+from .state import Contract, GatewayState, Holding, Valuation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -323,6 +323,30 @@ class GatewayThread:
     def revalue(self, account: str | None = None, at: datetime | None = None) -> datetime:
         """`SimulatedGateway.revalue` on the gateway's loop: a refresh tick at a chosen moment."""
         return self.call(lambda gw: gw.revalue(account, at))
+
+    # What clients are told, read on the gateway's loop (the state's stored valuations, never the live prices).
+
+    def valuation(self, account: str, conid: int) -> Valuation:
+        """The values `account`'s clients were last told for its holding of `conid` (KeyError if not held)."""
+
+        def told(gateway: SimulatedGateway) -> Valuation:
+            holding = gateway.state.holding(account, conid)
+            if holding is None:
+                raise KeyError(f"{account} holds no conid {conid}")
+            return gateway.state.valuation(holding)
+
+        return self.call(told)
+
+    def valued_at(self, account: str) -> datetime:
+        """When `account` was last valued (UTC): its ACCT_UPDATE_TIME is this moment's HH:MM in the gateway's zone."""
+        return self.call(lambda gw: gw.state.valued_at(account))
+
+    def base_currency(self, account: str) -> str:
+        return self.call(lambda gw: gw.state.base_currency(account))
+
+    def exchange_rate(self, account: str, currency: str) -> float | None:
+        """The ExchangeRate `account` was last told for `currency` (value_in_base = value * rate)."""
+        return self.call(lambda gw: gw.state.exchange_rate(account, currency))
 
     def set_faults(self, **changes: Any) -> None:
         """Change fault switches (see `Faults`) while clients are connected."""

@@ -123,7 +123,8 @@ class Session:
     # --- pushes from the hub -------------------------------------------------------------------------------
 
     def push_holding(self, holding: Holding) -> None:
-        """A position changed: tell a positions subscriber, and the account-updates subscriber of its account."""
+        """A position changed: tell a positions subscriber, and the account-updates subscriber of its account (the
+        whole revalued account: see `replies.portfolio_push`)."""
         if self.phase is not Phase.READY or self.hub.faults.offline:
             return
         if self.positions_subscribed:

@@ -30,9 +30,11 @@ def test_position_change_reaches_the_positions_subscriber_and_that_accounts_upda
     assert sent(positions) == [
         ["61", "3", "DU1", "265598", "AAPL", "STK", "", "0", "", "", "NASDAQ", "USD", "AAPL", "NMS", "150", "150.25"]
     ]
-    portfolio_frames = sent(portfolio)
-    assert [f[0] for f in portfolio_frames] == ["7", "8"]
-    assert portfolio_frames[0][13:] == ["150", "151.5", "22725", "150.25", "187.5", "0", "DU1"]
+    frames = sent(portfolio)  # the change revalued the whole account: it is pushed whole, as at a tick, no end
+    assert [f[0] for f in frames if f[0] != "6"] == ["7", "7", "8"]
+    assert frames[0][0] == "6" and ["6", "2", "StockMarketValue", "22725.00", "USD", "DU1"] in frames
+    aapl = next(f for f in frames if f[:3] == ["7", "8", "265598"])
+    assert aapl[13:] == ["150", "151.5", "22725", "150.25", "187.5", "0", "DU1"]
     assert sent(idle) == []
 
     small_hub.state.set_position("DU2", MSFT, 10.0)  # another account: the portfolio subscriber hears nothing
@@ -45,7 +47,9 @@ def test_closing_a_position_pushes_quantity_zero_and_realized_pnl(small_hub: Hub
     session.receive_data(req(In.REQ_ACCT_DATA, 2, True, "DU1"))
     sent(session)
     small_hub.state.close_position("DU1", 265598)
-    portfolio, _ = sent(session)
+    frames = sent(session)
+    portfolio = next(f for f in frames if f[:3] == ["7", "8", "265598"])
+    assert frames[-1][0] == "8"  # the account update time ends the push; no download end
     assert portfolio[13:] == ["0", "151.5", "0", "150.25", "0", "125", "DU1"]
 
 
