@@ -2,7 +2,8 @@
 accountDownloadEnd and unsubscribed. No Dagster here.
 
 IB serves account updates for one account at a time across all clients, so a download that another client's
-subscription blocks (2101) is asked for again, within the request timeout. What the download says about the
+subscription blocks (2101) is asked for again, within the account's bound; one that TWS interrupts (2100) is asked
+for once more. Any of them failing costs this account only (AccountUnavailable). What the download says about the
 account beside its positions is kept: its base currency, the ExchangeRate of each currency and the account update
 time, parsed into the UTC moment of the values (`account_time.values_as_of`).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,9 +22,12 @@ from ib_async import IB, AccountValue, PortfolioItem
 
 from position_pipeline.core.account_time import values_as_of
 from position_pipeline.core.ib_errors import (
+    ACCOUNT_UNSUBSCRIBED,
     ACCOUNT_UPDATES_REFUSED,
+    AccountUnavailable,
     IBDisconnected,
     IBError,
+    IBProtocolError,
     IBTimeout,
     Notices,
     Where,
@@ -86,25 +91,42 @@ def account_facts(download: AccountDownload, values: list[AccountValue], zone: Z
 async def read_account_when_free(
     ib: IB, account: str, settings: Where, timeout: float, client_id: int, notices: Notices, zone: ZoneInfo
 ) -> AccountDownload:
-    """IB serves account updates to one account at a time across all clients: when another client (a backfill run
-    next to the sensor's) holds another account, wait for it and try again, within `timeout` seconds."""
+    """One account's download within `timeout` seconds (its own bound), or AccountUnavailable naming it.
+
+    IB serves account updates to one account at a time across all clients: when another client (a backfill run next
+    to the sensor's, a trading bot) holds another account (2101), wait for it and ask again. When TWS takes the
+    subscription in the middle of the download (2100), ask once more. A download that never ends, 2101 until the
+    bound, or a second 2100 fail this account only; a dropped connection or a broken stream fail the whole read.
+    """
     deadline = time.monotonic() + timeout
-    delay, refusals = _REFUSED_FIRST_WAIT_S, 0
+    delay, refusals, unsubscribed = _REFUSED_FIRST_WAIT_S, 0, 0
+    refused: _AccountUpdatesRefused | None = None
     while True:
         remaining = deadline - time.monotonic()
+        if remaining <= 0 and refused is not None:
+            raise AccountUnavailable(account, f"{refused} (refused {refusals} times in {timeout:g} s)") from refused
         try:
             return await read_account(ib, account, settings, client_id, notices, zone, remaining, timeout)
         except _AccountUpdatesRefused as exc:
-            refusals += 1
-            if time.monotonic() + delay >= deadline:
-                raise IBError(f"{exc} (refused {refusals} times in {timeout:g} s)") from exc
+            refusals, refused = refusals + 1, exc
             log.info("account updates for %s refused (2101), try %d; retrying in %.2f s", account, refusals, delay)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 2, _REFUSED_MAX_WAIT_S)
+        except _AccountUnsubscribed as exc:
+            unsubscribed += 1
+            if unsubscribed > 1 or deadline - time.monotonic() <= 0:
+                raise AccountUnavailable(account, f"{exc}; asked once more and it happened again") from exc
+            log.warning("%s; asking once more", exc)
+        except IBTimeout as exc:
+            raise AccountUnavailable(account, str(exc)) from exc
 
 
 class _AccountUpdatesRefused(IBError):
     """2101: another client holds account updates for a different account."""
+
+
+class _AccountUnsubscribed(IBError):
+    """2100: TWS took the account subscription in the middle of the download; no accountDownloadEnd follows."""
 
 
 async def read_account(
@@ -123,13 +145,19 @@ async def read_account(
     original = wrapper.updateAccountTime
     download = AccountDownload(account, datetime.now(UTC))
     values: list[AccountValue] = []
+    broken: list[str] = []
 
     def keep_time(timestamp: str) -> None:
         download.update_time = timestamp
 
     def keep_item(item: PortfolioItem) -> None:  # ib.portfolio() drops positions closed today; the event keeps them
-        if item.account == account:
-            download.items[item.contract.conId] = item
+        if item.account != account:
+            return
+        conid = item.contract.conId
+        if not isinstance(conid, int) or conid <= 0 or not math.isfinite(item.position):
+            broken.append(f"conid {conid!r}, position {item.position!r}")
+        else:
+            download.items[conid] = item
 
     def keep_value(value: AccountValue) -> None:
         if value.account == account:
@@ -141,9 +169,17 @@ async def read_account(
     seen = len(notices)
     request = asyncio.ensure_future(ib.reqAccountUpdatesAsync(account))
     refused = asyncio.ensure_future(until_code(notices, seen, ACCOUNT_UPDATES_REFUSED))
+    unsubscribed = asyncio.ensure_future(until_code(notices, seen, ACCOUNT_UNSUBSCRIBED))
     try:
-        done, _ = await asyncio.wait({request, refused}, timeout=max(remaining, 0.0),
+        done, _ = await asyncio.wait({request, refused, unsubscribed}, timeout=max(remaining, 0.0),
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if unsubscribed in done and request not in done:
+            request.cancel()
+            said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UNSUBSCRIBED)
+            raise _AccountUnsubscribed(
+                f"IB at {settings.where} unsubscribed client id {client_id} from the account data of {account} in "
+                f"the middle of its download (2100: {said}): TWS or another session took the subscription"
+            )
         if refused in done:
             request.cancel()
             said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UPDATES_REFUSED)
@@ -161,11 +197,17 @@ async def read_account(
             raise IBDisconnected(disconnect_text(settings, client_id, f"reqAccountUpdates({account})")) from exc
     finally:
         refused.cancel()
+        unsubscribed.cancel()
         ib.updatePortfolioEvent -= keep_item
         ib.accountValueEvent -= keep_value
         wrapper.updateAccountTime = original  # type: ignore[method-assign]
         if ib.isConnected():
             ib.client.reqAccountUpdates(False, account)
+    if broken:
+        raise IBProtocolError(
+            f"IB at {settings.where} (client id {client_id}) sent portfolio items for {account} that no gateway "
+            f"sends ({'; '.join(broken[:3])}): the read is not trusted and the items are released"
+        )
     download.finished_at = datetime.now(UTC)
     download.seconds = time.perf_counter() - started
     account_facts(download, values, zone)

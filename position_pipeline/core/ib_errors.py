@@ -11,6 +11,7 @@ from typing import Protocol
 
 CLIENT_ID_IN_USE = 326
 ACCOUNT_UPDATES_REFUSED = 2101  # another client holds account updates for a different account
+ACCOUNT_UNSUBSCRIBED = 2100  # TWS itself took the account subscription: no accountDownloadEnd follows
 
 Notices = list[tuple[int, int, str]]
 """(reqId, code, text) of every error and notice IB sent on one connection, in order."""
@@ -38,6 +39,20 @@ class IBDisconnected(IBError):
 
 class IBConfigError(IBError):
     pass
+
+
+class AccountUnavailable(IBError):
+    """One account's download failed (no accountDownloadEnd within its bound, 2101 beyond its wait, 2100 twice, or
+    no budget left): that account's items are given back, the other accounts' rows are written."""
+
+    def __init__(self, account: str, message: str) -> None:
+        super().__init__(message)
+        self.account = account
+
+
+class IBProtocolError(IBError):
+    """The gateway sent something a sane gateway does not (an unknown account, a conid that is no integer, a
+    managed-accounts list that names no account): the read is not trusted and the batch is given back."""
 
 
 class Where(Protocol):

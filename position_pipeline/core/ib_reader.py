@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,11 +29,13 @@ from position_pipeline.core.account_time import gateway_zone
 from position_pipeline.core.ib_errors import (
     ACCOUNT_UPDATES_REFUSED,
     CLIENT_ID_IN_USE,
+    AccountUnavailable,
     ClientIdInUse,
     GatewayUnreachable,
     IBConfigError,
     IBDisconnected,
     IBError,
+    IBProtocolError,
     IBTimeout,
     Notices,
     disconnect_text,
@@ -40,8 +45,9 @@ from position_pipeline.core.ib_errors import (
 )
 
 __all__ = [
-    "ACCOUNT_UPDATES_REFUSED", "CLIENT_ID_IN_USE", "ClientIdInUse", "GatewayUnreachable", "HeldPosition",
-    "IBConfigError", "IBDisconnected", "IBError", "IBSettings", "IBSnapshot", "IBTimeout", "client_id_for",
+    "ACCOUNT_UPDATES_REFUSED", "CLIENT_ID_IN_USE", "AccountUnavailable", "ClientIdInUse", "GatewayUnreachable",
+    "HeldPosition", "IBConfigError", "IBDisconnected", "IBError", "IBProtocolError", "IBSettings", "IBSnapshot",
+    "IBTimeout", "client_id_for",
     "read_snapshot", "read_snapshot_async",
 ]  # fmt: skip
 
@@ -61,9 +67,12 @@ class IBSettings:
     request_timeout: float = terms.IB_REQUEST_TIMEOUT_S
     client_id_attempts: int = 5
     gateway_tz: str = terms.IB_GATEWAY_TZ
+    read_budget: float = terms.IB_READ_BUDGET_S
 
     def __post_init__(self) -> None:
         gateway_zone(self.gateway_tz)  # refused here, before any connection: ValueError naming IB_GATEWAY_TZ
+        if not self.read_budget > 0 or not math.isfinite(self.read_budget):
+            raise ValueError(f"IB_READ_BUDGET must be a positive number of seconds, got {self.read_budget!r}")
 
     @property
     def where(self) -> str:
@@ -122,6 +131,9 @@ class IBSnapshot:
     positions: list[HeldPosition] = field(default_factory=list)
     notices: Notices = field(default_factory=list)
     downloads: dict[str, AccountDownload] = field(default_factory=dict)  # by account, each account read once
+    unavailable: dict[str, str] = field(default_factory=dict)  # account -> why its download failed
+    unread: set[tuple[str, int]] = field(default_factory=set)  # (account, conid) held there, values not read
+    seconds: dict[str, float] = field(default_factory=dict)  # account -> seconds spent on it, read or not
 
     def by_conid(self) -> dict[int, list[HeldPosition]]:
         found: dict[int, list[HeldPosition]] = {}
@@ -147,10 +159,11 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
     positions: list[Position] = []
     ib.errorEvent += lambda req_id, code, text, contract: notices.append((req_id, code, text))
     ib.positionEvent += positions.append  # ib_async reads every position at connect; nothing to ask again
+    started = time.monotonic()
     client_id = await _connect(ib, settings, seed, notices)
     try:
         ib.client.cancelPositions()
-        managed = ib.managedAccounts()
+        managed = _checked_accounts(ib.managedAccounts(), settings, client_id)
         unknown = sorted(set(settings.accounts) - set(managed))
         if unknown:
             raise IBConfigError(
@@ -161,13 +174,37 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
         snapshot = IBSnapshot(
             datetime.now(UTC), client_id, ib.client.serverVersion(), managed, accounts, notices=notices
         )
+        _check_positions(positions, managed, settings, client_id)
         latest = {(p.account, p.contract.conId): p for p in positions}  # later pushes replace earlier ones
         wanted = [p for p in latest.values() if p.account in accounts and p.contract.conId in conids]
-        zone = settings.zone
-        for account in sorted({p.account for p in wanted}):
-            snapshot.downloads[account] = await read_account_when_free(
-                ib, account, settings, settings.request_timeout, client_id, notices, zone
+        needed = sorted({p.account for p in wanted})
+        causes: list[BaseException | None] = []
+        for account in needed:
+            left = settings.read_budget - (time.monotonic() - started)
+            if left <= 0:
+                snapshot.unavailable[account] = (
+                    f"the read's budget of {settings.read_budget:g} s (IB_READ_BUDGET) was spent before {account} "
+                    "was read"
+                )
+                continue
+            began = time.monotonic()
+            try:
+                snapshot.downloads[account] = await read_account_when_free(
+                    ib, account, settings, min(settings.request_timeout, left), client_id, notices, settings.zone
+                )
+            except AccountUnavailable as exc:
+                log.warning("account %s not read: %s", account, exc)
+                snapshot.unavailable[account] = str(exc)
+                causes.append(exc.__cause__)
+            snapshot.seconds[account] = time.monotonic() - began
+        if needed and not snapshot.downloads:  # nothing to write: the run fails and the sensor backs off
+            kind = IBTimeout if all(isinstance(c, IBTimeout) for c in causes) else IBError
+            raise kind(
+                f"no account could be read from IB at {settings.where} (client id {client_id}): "
+                + "; ".join(f"{a}: {why}" for a, why in snapshot.unavailable.items())
             )
+        snapshot.unread = {(p.account, p.contract.conId) for p in wanted if p.account not in snapshot.downloads}
+        wanted = [p for p in wanted if p.account in snapshot.downloads]
         snapshot.taken_at = datetime.now(UTC)
         snapshot.positions = _held_positions(wanted, snapshot.downloads, conids)
         return snapshot
@@ -216,6 +253,41 @@ def _held(account: str, c: Contract, download: AccountDownload, connect: float |
         fx_rate=download.fx_rate(c.currency),
         connect_position=connect,
     )
+
+
+_ACCOUNT_CODE = re.compile(r"[A-Z][A-Z0-9]*[0-9][A-Z0-9]*")
+"""What IB account codes look like (DU1234567, U1234567, F1234567, I1234567 ...): letters, then digits."""
+
+
+def _checked_accounts(managed: list[str], settings: IBSettings, client_id: int) -> list[str]:
+    """The managed accounts, or IBProtocolError when the list names none or something that is no account code (a
+    broken or hostile server made ib_async read `-1` as one)."""
+    bad = [a for a in managed if not _ACCOUNT_CODE.fullmatch(a)]
+    if not managed or bad:
+        raise IBProtocolError(
+            f"IB at {settings.where} (client id {client_id}) sent managed accounts {managed!r}, which "
+            f"{'names no account' if not managed else f'includes {bad!r}, not an account code'}: is it an IB "
+            "Gateway/TWS API port? The read is not trusted and the items are released"
+        )
+    return managed
+
+
+def _check_positions(positions: list[Position], managed: list[str], settings: IBSettings, client_id: int) -> None:
+    """Every position names a managed account, an integer conid and a finite quantity; else IBProtocolError."""
+    broken = [
+        f"{p.account!r} conid {p.contract.conId!r} position {p.position!r}"
+        for p in positions
+        if p.account not in managed
+        or not isinstance(p.contract.conId, int)
+        or p.contract.conId <= 0
+        or not math.isfinite(p.position)
+    ]
+    if broken:
+        raise IBProtocolError(
+            f"IB at {settings.where} (client id {client_id}) sent {len(broken)} positions no gateway sends "
+            f"({'; '.join(broken[:3])}; managed accounts {', '.join(managed)}): the read is not trusted and the "
+            "items are released"
+        )
 
 
 async def _connect(ib: IB, settings: IBSettings, seed: str, notices: Notices) -> int:

@@ -56,6 +56,23 @@ def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot) -> pl.DataFrame:
     return joined.select(SNAPSHOT_RESULTS_SCHEMA.names()).cast(SNAPSHOT_RESULTS_SCHEMA)
 
 
+def given_back(batch: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, str]:
+    """request_id -> why, for the items of `batch` that need an account whose download failed: an item pinned to
+    it, or one without an account whose contract reqPositions lists there. They are given back (no attempt
+    counted) rather than judged, so an item never succeeds without the row of every account holding it."""
+    if not snapshot.unavailable:
+        return {}
+    blocked: dict[int, list[str]] = {}
+    for account, conid in sorted(snapshot.unread):
+        blocked.setdefault(conid, []).append(account)
+    back: dict[str, str] = {}
+    for request_id, conid, pinned in batch.select("request_id", "conid", "account").iter_rows():
+        accounts = blocked.get(conid, []) if pinned is None else [pinned] * (pinned in snapshot.unavailable)
+        if accounts:
+            back[request_id] = "; ".join(f"account {a} was not read: {snapshot.unavailable[a]}" for a in accounts)
+    return back
+
+
 def position_update_rows(results: pl.DataFrame, run_id: str) -> pl.DataFrame:
     """The rows `position_updates` appends: the successful results, stamped with the run and the snapshot date."""
     return (
@@ -90,11 +107,12 @@ def read_summary(results: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, int |
 
 
 def accounts_read(snapshot: IBSnapshot) -> pl.DataFrame:
-    """One row per account downloaded: its base currency, when IB computed its values, how old they were, the
-    currencies it sent a rate for, and how long the download took."""
-    rows = [
+    """One row per account the read needed: its outcome (`read`, or why not), base currency, when IB computed its
+    values, how old they were, the currencies it sent a rate for, and how long the download took."""
+    rows: list[dict[str, object]] = [
         {
             "account": d.account,
+            "outcome": "read",
             "base_currency": d.base_currency,
             "account_update_time": d.update_time,
             "values_as_of": d.values_as_of,
@@ -104,14 +122,18 @@ def accounts_read(snapshot: IBSnapshot) -> pl.DataFrame:
             "rates": ", ".join(f"{c} {r:g}" for c, r in sorted(d.rates.items())),
             "seconds": round(d.seconds, 3),
         }
-        for d in sorted(snapshot.downloads.values(), key=lambda d: d.account)
+        for d in snapshot.downloads.values()
+    ]
+    rows += [
+        {"account": account, "outcome": why, "seconds": round(snapshot.seconds.get(account, 0.0), 3)}
+        for account, why in snapshot.unavailable.items()
     ]
     schema = {
-        "account": pl.String(), "base_currency": pl.String(), "account_update_time": pl.String(),
-        "values_as_of": pl.Datetime("us", "UTC"), "values_age_seconds": pl.Float64(), "rates": pl.String(),
-        "seconds": pl.Float64(),
+        "account": pl.String(), "outcome": pl.String(), "base_currency": pl.String(),
+        "account_update_time": pl.String(), "values_as_of": pl.Datetime("us", "UTC"),
+        "values_age_seconds": pl.Float64(), "rates": pl.String(), "seconds": pl.Float64(),
     }  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
+    return pl.DataFrame(rows, schema=schema).sort("account")
 
 
 def values_ages(rows: pl.DataFrame) -> pl.Series:

@@ -43,6 +43,10 @@ logged in with. IB's own zone (its daily and weekly resets are set in US Eastern
 gateway containers and IBC installs; a desk whose gateway runs elsewhere sets IB_GATEWAY_TZ."""
 IB_CONNECT_TIMEOUT_S = 10
 IB_REQUEST_TIMEOUT_S = 30
+"""Seconds one account's download may take (its own bound): past it that account's items are given back."""
+IB_READ_BUDGET_S = 120
+"""Seconds the whole read (connect and every account's download) may take: well under the 480-s write fence, so
+a run that spent its budget still appends in time; accounts not reached within it are given back."""
 
 SENSOR_BATCH_SIZE = 50
 """Items a sync run requested by the sensor claims (its run config sets SyncConfig.batch_size to this)."""

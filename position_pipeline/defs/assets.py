@@ -22,6 +22,7 @@ from position_pipeline.core.ib_reader import IBError
 from position_pipeline.core.lake import SNAPSHOT_RESULTS_SCHEMA
 from position_pipeline.core.sync import (
     accounts_read,
+    given_back,
     missing_rates,
     position_moves,
     read_summary,
@@ -140,8 +141,13 @@ def ib_snapshot(
             description=str(exc),
             metadata={"gateway": f"{settings.host}:{settings.port}", "items_released": released},
         ) from exc
-    results = snapshot_results(queued_positions, snapshot)
-    summary = read_summary(results, snapshot)
+    back = given_back(queued_positions, snapshot)
+    if back:  # accounts whose download failed: their items go back unjudged, the others' rows are written
+        lake.queue().release(list(back), claimed_by=context.run_id)
+        for account, why in snapshot.unavailable.items():
+            context.log.warning(f"account {account} not read, its items given back for a later run: {why}")
+    results = snapshot_results(queued_positions.filter(~pl.col("request_id").is_in(list(back))), snapshot)
+    summary = {**read_summary(results, snapshot), "given_back": len(back)}
     for line in position_moves(snapshot):
         context.log.warning(f"position changed between reqPositions and the account download: {line}")
     for line in missing_rates(results):

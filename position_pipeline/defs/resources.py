@@ -48,6 +48,11 @@ class IBResource(dg.ConfigurableResource):
         default=terms.IB_REQUEST_TIMEOUT_S,
         description="Seconds for each account's portfolio download (IB_REQUEST_TIMEOUT).",
     )
+    read_budget: int = Field(
+        default=terms.IB_READ_BUDGET_S,
+        description="Seconds the whole IB read may take, connect and every account's download (IB_READ_BUDGET); "
+        "accounts not reached within it have their items given back.",
+    )
     gateway_tz: str = Field(
         default=terms.IB_GATEWAY_TZ,
         description="The gateway's time zone, an IANA name (IB_GATEWAY_TZ): IB states when it computed the values as "
@@ -55,7 +60,7 @@ class IBResource(dg.ConfigurableResource):
     )
 
     def settings(self) -> IBSettings:
-        for name in ("port", "client_id", "client_id_span", "connect_timeout", "request_timeout"):
+        for name in ("port", "client_id", "client_id_span", "connect_timeout", "request_timeout", "read_budget"):
             if getattr(self, name) < 1:
                 raise dg.DagsterInvalidConfigError(
                     f"IBResource.{name} must be at least 1, got {getattr(self, name)}", [], None
@@ -73,6 +78,7 @@ class IBResource(dg.ConfigurableResource):
             accounts=tuple(a.strip() for a in self.accounts.split(",") if a.strip()),
             connect_timeout=self.connect_timeout,
             request_timeout=self.request_timeout,
+            read_budget=self.read_budget,
         )
 
     def read_snapshot(self, conids: Iterable[int], run_id: str) -> IBSnapshot:
@@ -109,6 +115,7 @@ def ib_resource() -> IBResource:
         accounts=_env_or("IB_ACCOUNTS", ""),
         connect_timeout=_env_or("IB_CONNECT_TIMEOUT", terms.IB_CONNECT_TIMEOUT_S, int),
         request_timeout=_env_or("IB_REQUEST_TIMEOUT", terms.IB_REQUEST_TIMEOUT_S, int),
+        read_budget=_env_or("IB_READ_BUDGET", terms.IB_READ_BUDGET_S, int),
         gateway_tz=_env_or("IB_GATEWAY_TZ", terms.IB_GATEWAY_TZ),
     )
 

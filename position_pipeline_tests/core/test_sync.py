@@ -8,8 +8,11 @@ import polars as pl
 import pytest
 
 from position_pipeline.core import lake
+from position_pipeline.core.account_download import AccountDownload
 from position_pipeline.core.ib_reader import HeldPosition, IBSnapshot
 from position_pipeline.core.sync import (
+    accounts_read,
+    given_back,
     missing_rates,
     position_moves,
     position_update_rows,
@@ -161,3 +164,35 @@ def test_a_position_closed_today_keeps_a_row_with_quantity_zero() -> None:
     snap = snapshot(held("DU1", 11, 0.0, None, market_price=None, connect_position=0.0))
     row = position_update_rows(snapshot_results(batch(("r1", 11, None)), snap), "run-1").row(0, named=True)
     assert (row["position"], row["market_value"], row["market_value_base"]) == (0.0, 0.0, 0.0)
+
+
+def test_items_that_need_an_account_not_read_are_given_back_the_others_judged() -> None:
+    snap = snapshot(held("DU1", 11, 1.0, 10.0), held("DU1", 22, 1.0, 4.0), held("DU1", 33, 1.0, 4.0))
+    snap.unavailable = {"DU2": "reqAccountUpdates(DU2) did not complete within 30 s"}
+    snap.unread = {("DU2", 11), ("DU2", 44)}  # reqPositions lists them there; their values were never read
+    items = batch(("r1", 11, None), ("r2", 11, "DU1"), ("r3", 22, None), ("r4", 44, None), ("r5", 33, "DU2"),
+                  ("r6", 55, None))  # fmt: skip
+    back = given_back(items, snap)
+    reason = "account DU2 was not read: reqAccountUpdates(DU2) did not complete within 30 s"
+    assert back == {"r1": reason, "r4": reason, "r5": reason}
+    judged = snapshot_results(items.filter(~pl.col("request_id").is_in(list(back))), snap)
+    assert judged.select("request_id", "account").rows() == [("r2", "DU1"), ("r3", "DU1"), ("r6", None)]
+    assert judged["error"].to_list()[2].startswith("not held: conid 55")
+
+
+def test_nothing_is_given_back_when_every_account_was_read() -> None:
+    snap = snapshot(held("DU1", 11, 1.0, 10.0))
+    assert given_back(batch(("r1", 11, None), ("r2", 11, "DU2")), snap) == {}
+
+
+def test_accounts_read_lists_each_account_with_its_outcome_and_seconds() -> None:
+    snap = snapshot(held("DU1", 11, 1.0, 10.0))
+    snap.downloads["DU1"] = AccountDownload("DU1", NOW, update_time="09:58", values_as_of=AS_OF,
+                                            base_currency="USD", rates={"USD": 1.0}, seconds=0.52)  # fmt: skip
+    snap.unavailable = {"DU2": "no accountDownloadEnd"}
+    snap.seconds = {"DU1": 0.52, "DU2": 30.01}
+    table = accounts_read(snap)
+    assert table.select("account", "outcome", "seconds", "values_age_seconds").rows() == [
+        ("DU1", "read", 0.52, 150.0),
+        ("DU2", "no accountDownloadEnd", 30.01, None),
+    ]

@@ -4,7 +4,6 @@ simulated gateway. Checks values, write-back, exactly-once after a crash, and wh
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -16,29 +15,13 @@ from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.core.sync import position_update_rows, snapshot_results
 from position_pipeline.definitions import defs
-from position_pipeline.defs.partitions import hour_key, partition_range_tags
 from position_pipeline.defs.resources import IBResource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 from position_pipeline_tests.support.ib_reads import holders_of
 from position_pipeline_tests.support.position_rows import position_update_row
-from position_pipeline_tests.support.sync_runs import ASSETS, SYNC, sim_resources
+from position_pipeline_tests.support.sync_runs import run_sync, updates
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def run_sync(
-    root: str, sim: GatewayThread, instance: dg.DagsterInstance, batch_size: int = 50, **ib: object
-) -> dg.ExecuteInJobResult:
-    """One run over the last two hour partitions, so an item queued just before an hour turned is still taken."""
-    return dg.materialize(
-        ASSETS,
-        selection=SYNC,
-        resources=sim_resources(root, sim, **ib),
-        instance=instance,
-        run_config=dg.RunConfig({"queued_positions": {"config": {"batch_size": batch_size}}}),
-        tags=partition_range_tags(hour_key(datetime.now(UTC) - timedelta(hours=1)), hour_key(datetime.now(UTC))),
-        raise_on_error=False,
-    )
 
 
 def enqueue_held(queue: PositionQueue, state: GatewayState, count: int) -> list[str]:
@@ -46,10 +29,6 @@ def enqueue_held(queue: PositionQueue, state: GatewayState, count: int) -> list[
     return queue.insert_many(
         [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in holdings]
     )
-
-
-def updates(root: str) -> pl.DataFrame:
-    return pl.from_arrow(DeltaTable(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)).to_pyarrow_table())  # type: ignore[return-value]
 
 
 def test_definitions_load_and_resolve() -> None:

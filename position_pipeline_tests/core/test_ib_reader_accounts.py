@@ -1,0 +1,170 @@
+"""`ib_reader` per account, with the real ib_async client against the simulated gateway: one account that cannot be
+read costs only that account (2101 throughout, 2100 mid-download, the read's budget spent), and a gateway that sends
+what no gateway sends is an IB error, never "not held"."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from ib_async import IB
+
+from position_pipeline.core.ib_reader import IBProtocolError, IBSnapshot, client_id_for, read_snapshot
+from position_pipeline.ib_gateway_sim import GatewayThread
+from position_pipeline_tests.support.ib_reads import (
+    assert_matches_state,
+    assert_no_client_left,
+    held_only_by,
+    requests_of,
+    settings_for,
+    state_of,
+)
+from position_pipeline_tests.support.waiting import run_bounded, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def read_while_held(sim: GatewayThread, held_account: str, conids: set[int], seed: str, **settings: object) -> tuple[
+    IBSnapshot, float
+]:  # fmt: skip
+    """A read while another client (a trading bot) holds the account-updates slot for `held_account` throughout."""
+
+    async def main() -> tuple[IBSnapshot, float]:
+        holder = IB()
+        await holder.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
+        try:
+            await asyncio.wait_for(holder.reqAccountUpdatesAsync(held_account), 5)
+            started = time.monotonic()
+            snapshot = await asyncio.to_thread(read_snapshot, settings_for(sim, **settings), conids, seed)
+            return snapshot, time.monotonic() - started
+        finally:
+            holder.disconnect()
+
+    return run_bounded(main(), 25)
+
+
+def test_an_account_refused_throughout_costs_only_its_items(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    first, second, third = state.accounts
+    conids = held_only_by(state, first) | held_only_by(state, second)
+
+    snapshot, elapsed = read_while_held(sim, first, conids, "isolated", request_timeout=1.0)
+
+    assert list(snapshot.downloads) == [first]  # the held account itself is served to every client
+    assert set(snapshot.unavailable) == {second}
+    why = snapshot.unavailable[second]
+    assert "2101" in why and second in why and "refused" in why
+    assert snapshot.unread == {(second, c) for c in held_only_by(state, second)}
+    assert {p.account for p in snapshot.positions} == {first}
+    for p in snapshot.positions:
+        assert_matches_state(p, state)
+    assert 1.0 <= snapshot.seconds[second] < 3.0 and elapsed < 6.0  # its own bound, then the next account
+    assert third not in snapshot.seconds  # nothing of the batch is held there: not read at all
+
+
+def test_the_reads_budget_bounds_the_whole_read_and_names_the_accounts_not_reached(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    first, second, third = state.accounts
+    conids = held_only_by(state, first) | held_only_by(state, second) | held_only_by(state, third)
+
+    snapshot, elapsed = read_while_held(sim, first, conids, "budget", request_timeout=5.0, read_budget=1.0)
+
+    assert list(snapshot.downloads) == [first]
+    assert set(snapshot.unavailable) == {second, third}
+    assert "2101" in snapshot.unavailable[second]
+    assert snapshot.unavailable[third] == (
+        f"the read's budget of 1 s (IB_READ_BUDGET) was spent before {third} was read"
+    )
+    assert elapsed < 3.0, f"took {elapsed:.2f} s with a 1-s budget"
+
+
+def test_when_no_account_can_be_read_the_read_fails_as_a_whole(sim: GatewayThread) -> None:
+    """Nothing to write: the run fails (and the sensor backs off) rather than succeeding with every item given back."""
+    state = state_of(sim)
+    first, second, _ = state.accounts
+
+    async def main() -> str:
+        holder = IB()
+        await holder.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
+        try:
+            await asyncio.wait_for(holder.reqAccountUpdatesAsync(first), 5)
+            settings = settings_for(sim, request_timeout=1.0)
+            try:
+                await asyncio.to_thread(read_snapshot, settings, held_only_by(state, second), "none")
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+            return "no error"
+        finally:
+            holder.disconnect()
+
+    text = run_bounded(main(), 25)
+    assert text.startswith(f"IBError: no account could be read from IB at 127.0.0.1:{sim.port}")
+    assert f"{second}: IB at" in text and "2101" in text
+
+
+def test_a_2100_in_the_middle_of_a_download_is_asked_again_once(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    account = state.accounts[1]
+    settings = settings_for(sim, request_timeout=5.0)
+    client_id = client_id_for("unsubscribed", settings)
+    sim.set_faults(suppress_account_download_end=True)  # the first download stalls ...
+
+    def interfere() -> None:  # ... until TWS takes the subscription (2100); the second download is whole
+        wait_until(lambda: any(r.name == "REQ_ACCT_DATA" for r in requests_of(sim, client_id)), 8.0)
+        sim.set_faults(suppress_account_download_end=False)
+        sim.call(lambda gw: gw.send_error(2100, "API client has been unsubscribed from account data."))
+
+    helper = threading.Thread(target=interfere, daemon=True)
+    helper.start()
+    started = time.monotonic()
+    snapshot = read_snapshot(settings, held_only_by(state, account), "unsubscribed")
+    helper.join(5)
+
+    assert list(snapshot.downloads) == [account] and snapshot.unavailable == {}
+    for p in snapshot.positions:
+        assert_matches_state(p, state)
+    subscribes = [r for r in requests_of(sim, client_id) if r.name == "REQ_ACCT_DATA" and r.fields[2] == "1"]
+    assert len(subscribes) == 2
+    assert time.monotonic() - started < 4.0  # the 2100 ended the wait; the bound was not waited out
+    assert_no_client_left(sim)
+
+
+def test_a_second_2100_fails_that_account_only(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    _, second, third = state.accounts
+    settings = settings_for(sim, request_timeout=5.0)
+    client_id = client_id_for("twice", settings)
+    sim.set_faults(suppress_account_download_end=True)  # both downloads of `second` stall ...
+
+    def subscribes(account: str) -> int:
+        return len(
+            [r for r in requests_of(sim, client_id) if r.name == "REQ_ACCT_DATA" and r.fields[2:4] == ("1", account)]
+        )
+
+    def interfere() -> None:  # ... and end in 2100; `third`, read next, is whole
+        for n in (1, 2):
+            wait_until(lambda n=n: subscribes(second) >= n, 8.0)
+            if n == 2:
+                sim.set_faults(suppress_account_download_end=False)
+            sim.call(lambda gw: gw.send_error(2100, "API client has been unsubscribed from account data."))
+
+    helper = threading.Thread(target=interfere, daemon=True)
+    helper.start()
+    started = time.monotonic()
+    snapshot = read_snapshot(settings, held_only_by(state, second) | held_only_by(state, third), "twice")
+    helper.join(5)
+
+    assert list(snapshot.downloads) == [third] and set(snapshot.unavailable) == {second}
+    assert "2100" in snapshot.unavailable[second] and "asked once more" in snapshot.unavailable[second]
+    assert subscribes(second) == 2
+    assert {p.account for p in snapshot.positions} == {third}
+    assert time.monotonic() - started < 4.0
+
+
+def test_managed_accounts_that_are_no_account_codes_are_a_protocol_error_not_not_held(sim: GatewayThread) -> None:
+    sim.call(lambda gw: setattr(gw.state, "accounts", ["-1"]))
+    with pytest.raises(IBProtocolError, match=r"sent managed accounts \['-1'\]"):
+        read_snapshot(settings_for(sim), {265598}, "garbage")
+    assert_no_client_left(sim)
