@@ -110,6 +110,12 @@ def _drain(daemon: Daemon, items: int, now: datetime) -> dict[str, Any]:
         runs = instance.get_run_records(dg.RunsFilter.for_backfill(request.backfill_id))
         if len(runs) != 1:
             raise RuntimeError(f"expected one backfill run, found {len(runs)}")
+
+        def finished() -> bool:  # the marks land before the step's end event: read the events once it is written
+            run = instance.get_run_by_id(runs[0].dagster_run.run_id)
+            return run is not None and run.is_finished
+
+        daemon.wait_for(finished, 30, "the backfill run finished")
         events = run_events(instance, runs[0].dagster_run.run_id)
         sensor_runs = instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME))
     frame = queue.read()
