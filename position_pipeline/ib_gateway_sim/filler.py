@@ -16,7 +16,7 @@ from .ledger import Row
 
 # Account-level keys IB's account window sends, each also per segment: "-C" (commodities) and "-S" (securities).
 ACCOUNT_KEYS = (
-    "AccruedCash", "AccruedDividend", "AvailableFunds", "Billable", "Cushion", "DayTradesRemaining",
+    "AccruedCash", "AccruedDividend", "AvailableFunds", "Billable", "BuyingPower", "Cushion", "DayTradesRemaining",
     "DayTradesRemainingT+1", "DayTradesRemainingT+2", "DayTradesRemainingT+3", "DayTradesRemainingT+4",
     "EquityWithLoanValue", "ExcessLiquidity", "FullAvailableFunds", "FullExcessLiquidity", "FullInitMarginReq",
     "FullMaintMarginReq", "GrossPositionValue", "Guarantee", "IndianStockHaircut", "InitMarginReq", "Leverage",

@@ -16,20 +16,23 @@ from .messages import Out
 JUNK_ACCOUNTS = "-1"
 
 
-def junk_frames(seed: int, count: int) -> list[list[Field]]:
-    """`count` junk messages drawn with `seed`."""
+def junk_frames(seed: int, count: int, greeting: bool = False) -> list[list[Field]]:
+    """`count` junk messages drawn with `seed`. `greeting`: only junk that a client still waiting for its
+    nextValidId and managedAccounts reads past (ib_async parses every message id as an integer then, and those two
+    messages' fields as exact tuples, outside its decoder's error handling: junk there breaks its connect)."""
     rng = random.Random(seed)
-    return [_junk(rng) for _ in range(count)]
+    return [_junk(rng, greeting) for _ in range(count)]
 
 
 def greeting(seed: int) -> list[list[Field]]:
     """In place of startApi's MANAGED_ACCTS: junk, MANAGED_ACCTS "-1", more junk (NEXT_VALID_ID follows as usual,
     so that a client completes its connect believing "-1" is the account)."""
-    return [*junk_frames(seed, 3), [Out.MANAGED_ACCTS, 1, JUNK_ACCOUNTS], *junk_frames(seed + 1, 3)]
+    junk = junk_frames(seed, 6, greeting=True)
+    return [*junk[:3], [Out.MANAGED_ACCTS, 1, JUNK_ACCOUNTS], *junk[3:]]
 
 
-def _junk(rng: random.Random) -> list[Field]:
-    kind = rng.randrange(5)
+def _junk(rng: random.Random, greeting: bool) -> list[Field]:
+    kind = rng.choice([0, 2, 3, 4] if greeting else range(5))
     if kind == 0:  # an id no decoder has
         return [rng.choice([0, 13, 77, 250, 999, 31337]), 1, rng.randrange(10**6)]
     if kind == 1:  # an id that is no number
@@ -39,4 +42,5 @@ def _junk(rng: random.Random) -> list[Field]:
     if kind == 3:  # ERR_MSG without its code and text
         return [Out.ERR_MSG, 2]
     # a known id with fields too many and of the wrong types
-    return [rng.choice([Out.ACCT_VALUE, Out.PNL_SINGLE, Out.NEXT_VALID_ID]), *("?" * rng.randrange(1, 12))]
+    ids = [Out.ACCT_VALUE, Out.PNL_SINGLE] if greeting else [Out.ACCT_VALUE, Out.PNL_SINGLE, Out.NEXT_VALID_ID]
+    return [rng.choice(ids), *("?" * rng.randrange(1, 12))]
