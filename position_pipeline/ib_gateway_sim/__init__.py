@@ -4,7 +4,8 @@ Self-contained (imports nothing else from position_pipeline) so it can be used o
 alone: `framing` (bytes), `messages` (ids and layouts per server version), `contracts` (the records),
 `universe` (what a generated desk holds), `ledger` (an account's valuation and account values), `state`
 (accounts, positions, prices, rates, the valuations told), `dump` (state as JSON), `faults` (what goes wrong),
-`hub`, `request_fields`, `replies` and `session` (protocol, no I/O), `server` (asyncio and the control API).
+`filler` and `garbage` (what a real download adds, what a broken server sends), `hub`, `request_fields`,
+`replies`, `account_updates`, `positions` and `session` (protocol, no I/O), `server` (asyncio and the control API).
 """
 
 from .contracts import Contract, Holding, Valuation

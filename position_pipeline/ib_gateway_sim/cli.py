@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .faults import DEFAULT_PACING_LIMIT, Faults
+from .faults import DEFAULT_PACING_LIMIT, PNL_FIELDS, Faults
 from .messages import MAX_SERVER_VERSION, MIN_SERVER_VERSION
 from .server import DEFAULT_HOST, SimulatedGateway
 from .state import DEFAULT_TIMEZONE, GatewayState, state_summary, zone_named
@@ -92,6 +92,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when the first account download of ACCOUNT is asked for, first set its CONID position to QTY"
         " (a fill between a client's reqPositions and its download; repeatable)",
     )
+    cost = parser.add_argument_group("cost and faults of account downloads (reqAccountUpdates)")
+    cost.add_argument(
+        "--download-seconds",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds before each account download is sent (a real gateway: about 0.5-3 s; default: %(default)s)",
+    )
+    cost.add_argument(
+        "--download-seconds-for",
+        action="append",
+        default=[],
+        metavar="ACCOUNT:SECONDS",
+        help="that account's own download latency (repeatable)",
+    )
+    cost.add_argument(
+        "--account-value-volume",
+        type=int,
+        default=0,
+        metavar="N",
+        help="extra account values per download (a real one sends a few hundred; default: %(default)s)",
+    )
+    cost.add_argument(
+        "--no-download-end-for",
+        action="append",
+        default=[],
+        metavar="ACCOUNT",
+        help="that account's download never ends: no accountDownloadEnd (repeatable)",
+    )
+    cost.add_argument(
+        "--unsubscribe-mid-download",
+        action="append",
+        default=[],
+        metavar="ACCOUNT[:N]",
+        help="cut that account's next N downloads (default 1) with error 2100 half-way (repeatable)",
+    )
+    cost.add_argument(
+        "--account-updates-held-by",
+        type=int,
+        metavar="CLIENT_ID",
+        help="an outside client holds the account-updates slot: every subscribe gets 2101 naming it",
+    )
+    login = parser.add_argument_group("the login's behaviour")
+    login.add_argument(
+        "--positions-unavailable",
+        action="store_true",
+        help="refuse reqPositions (error 321, no positionEnd) as IB does beyond 50 subaccounts; automatic with"
+        " more than 50 --accounts; reqPositionsMulti keeps working",
+    )
+    login.add_argument(
+        "--pnl-unset",
+        action="append",
+        default=[],
+        choices=sorted(PNL_FIELDS),
+        help="send this reqPnLSingle field as IB's unset value 1.7976931348623157E308 (repeatable)",
+    )
+    login.add_argument(
+        "--garbage-after-handshake",
+        action="store_true",
+        help="a broken server: MANAGED_ACCTS '-1' and junk frames after startApi and after every request",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -101,7 +162,7 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
         raise SystemExit(f"simulate: --port {args.port} is not a TCP port (0-65535)")
     if args.positions < 0 or args.accounts < 1:
         raise SystemExit("simulate: --positions must be >= 0 and --accounts >= 1")
-    for name in ("down_for", "reply_delay", "price_interval", "portfolio_refresh"):
+    for name in ("down_for", "reply_delay", "price_interval", "portfolio_refresh", "download_seconds"):
         if getattr(args, name) < 0:
             raise SystemExit(f"simulate: --{name.replace('_', '-')} must be >= 0")
     if args.pacing_limit < 1:
@@ -111,7 +172,16 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
             zone_named(args.timezone)
         except ValueError as exc:
             raise SystemExit(f"simulate: --timezone: {exc}") from exc
+    if args.account_value_volume < 0:
+        raise SystemExit("simulate: --account-value-volume must be >= 0")
     fills = _fills(args.fill_before_download)
+    latencies = {account: float(s or 0) for account, s in _pairs(args.download_seconds_for, "--download-seconds-for")}
+    if any(s < 0 for s in latencies.values()):
+        raise SystemExit("simulate: --download-seconds-for: seconds must be >= 0")
+    cuts = {
+        account: int(float(n or 1))
+        for account, n in _pairs(args.unsubscribe_mid_download, "--unsubscribe-mid-download")
+    }
     if args.state:
         try:
             state = GatewayState.load(args.state)
@@ -128,10 +198,25 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
         pacing_limit=args.pacing_limit,
         locked_client_ids=set(args.lock_client_id),
         fills_before_download=fills,
+        download_seconds=args.download_seconds,
+        download_seconds_by_account=latencies,
+        account_value_volume=args.account_value_volume,
+        suppress_download_end_for=set(args.no_download_end_for),
+        unsubscribe_mid_download=cuts,
+        account_updates_held_by=args.account_updates_held_by,
+        positions_unavailable=True if args.positions_unavailable else None,
+        pnl_unset=set(args.pnl_unset),
+        garbage_after_handshake=args.garbage_after_handshake,
     )
-    unknown = set(fills) - set(state.accounts)
-    if unknown:
-        raise SystemExit(f"simulate: --fill-before-download: accounts {sorted(unknown)} are not in {state.accounts}")
+    for flag, accounts in (
+        ("--fill-before-download", fills),
+        ("--download-seconds-for", latencies),
+        ("--no-download-end-for", args.no_download_end_for),
+        ("--unsubscribe-mid-download", cuts),
+    ):
+        unknown = set(accounts) - set(state.accounts)
+        if unknown:
+            raise SystemExit(f"simulate: {flag}: accounts {sorted(unknown)} are not in {state.accounts}")
     return SimulatedGateway(
         state,
         host=args.host,
@@ -153,6 +238,19 @@ def _fills(specs: list[str]) -> dict[str, list[tuple[int, float]]]:
         except ValueError:
             raise SystemExit(f"simulate: --fill-before-download {spec!r} is not ACCOUNT:CONID:QTY") from None
     return fills
+
+
+def _pairs(specs: list[str], flag: str) -> list[tuple[str, str]]:
+    """`ACCOUNT:VALUE` (or `ACCOUNT` alone, VALUE empty) flags; the value must be a number."""
+    pairs = []
+    for spec in specs:
+        account, _, value = spec.partition(":")
+        try:
+            float(value or 0)
+        except ValueError:
+            raise SystemExit(f"simulate: {flag} {spec!r} is not ACCOUNT:NUMBER") from None
+        pairs.append((account, value))
+    return pairs
 
 
 async def serve(gateway: SimulatedGateway, args: argparse.Namespace) -> None:

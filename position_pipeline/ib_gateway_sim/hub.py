@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -60,6 +60,10 @@ class Hub:
     # IB serves account updates for one account at a time across all clients: that account and its subscribers.
     account_updates: str | None = None
     account_subscribers: list[Session] = field(default_factory=list)
+    # Timers: the server sets its loop's call_later; without one (sans-I/O tests) timers wait in `deferred` until
+    # `run_deferred`.
+    call_later: Callable[[float, Callable[[], None]], object] | None = None
+    deferred: list[tuple[float, Callable[[], None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.state.subscribe(self._on_holding_changed)
@@ -78,16 +82,34 @@ class Hub:
             del self.sessions[session.client_id]
         self.unsubscribe_account_updates(session)
 
+    # --- timers ----------------------------------------------------------------------------------------------
+
+    def later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run `callback` after `delay` seconds (now when 0) on the gateway's loop."""
+        if delay <= 0:
+            callback()
+        elif self.call_later is not None:
+            self.call_later(delay, callback)
+        else:
+            self.deferred.append((delay, callback))
+
+    def run_deferred(self) -> None:
+        """Without a loop: run the waiting timers, in the order of their delays."""
+        due, self.deferred = sorted(self.deferred, key=lambda timer: timer[0]), []
+        for _, callback in due:
+            callback()
+
     # --- account updates -------------------------------------------------------------------------------------
 
     def subscribe_account_updates(self, session: Session, account: str) -> SubscribeOutcome:
         """IB's rule: one account at a time across all clients. The sole subscriber may switch accounts (IB warns
-        with 2100); another client asking for a different account is refused (2101); the same account is shared."""
-        if self.refuses_account_updates(session, account):
-            others = [s for s in self.account_subscribers if s is not session]
+        with 2100); another client asking for a different account is refused (2101), and so is every client while
+        an outside client holds the slot (`Faults.account_updates_held_by`); the same account is shared."""
+        holders = self.account_updates_holders(session, account)
+        if holders:
             log.warning(
                 "client %s refused account updates for %s: clients %s are subscribed to %s",
-                session.client_id, account, [s.client_id for s in others], self.account_updates,
+                session.client_id, account, holders, self.account_updates or "another account",
             )  # fmt: skip
             return SubscribeOutcome.REFUSED
         switched = self.account_updates not in (None, account) and session in self.account_subscribers
@@ -96,10 +118,18 @@ class Hub:
             self.account_subscribers.append(session)
         return SubscribeOutcome.SWITCHED if switched else SubscribeOutcome.SUBSCRIBED
 
+    def account_updates_holders(self, session: Session, account: str) -> list[int]:
+        """The client ids for which IB would refuse `session` account updates for `account` (2101): the outside
+        holder, or the other clients subscribed to another account. Empty: not refused."""
+        held_by = self.faults.account_updates_held_by
+        if held_by is not None and held_by != session.client_id:
+            return [held_by]
+        others = [s.client_id for s in self.account_subscribers if s is not session and s.client_id is not None]
+        return others if self.account_updates not in (None, account) else []
+
     def refuses_account_updates(self, session: Session, account: str) -> bool:
-        """Whether IB would refuse `session` account updates for `account` (2101): others hold another account."""
-        others = [s for s in self.account_subscribers if s is not session]
-        return self.account_updates not in (None, account) and bool(others)
+        """Whether IB would refuse `session` account updates for `account` (2101)."""
+        return bool(self.account_updates_holders(session, account))
 
     def unsubscribe_account_updates(self, session: Session) -> None:
         if session in self.account_subscribers:

@@ -7,6 +7,7 @@ Where a layout changes inside the supported range 157..178, the encoder takes th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import IntEnum
 
 from .contracts import Holding, Valuation
@@ -17,6 +18,9 @@ MAX_SERVER_VERSION = 178
 # ibapi/server_versions.py: the ERR_MSG gains advancedOrderRejectJson from this version on.
 MIN_SERVER_VER_ADVANCED_ORDER_REJECT = 166
 NO_REQ_ID = -1
+# IB's "unset" double (Java's Double.MAX_VALUE), as IB's server writes it: a value not computed yet (PnL single).
+UNSET_DOUBLE = 1.7976931348623157e308
+UNSET_DOUBLE_TEXT = "1.7976931348623157E308"
 
 
 class In(IntEnum):
@@ -132,6 +136,8 @@ class Out(IntEnum):
     POSITION_END = 62
     ACCOUNT_SUMMARY = 63
     ACCOUNT_SUMMARY_END = 64
+    POSITION_MULTI = 71
+    POSITION_MULTI_END = 72
     ACCOUNT_UPDATE_MULTI = 73
     ACCOUNT_UPDATE_MULTI_END = 74
     PNL_SINGLE = 95
@@ -191,6 +197,17 @@ READ_ONLY_DETAIL = "The API interface is currently in Read-Only mode."
 
 def error_text(code: ErrorCode, **values: object) -> str:
     return ERROR_TEXT[code].format(**values)
+
+
+def refused_text(client_ids: list[int]) -> str:
+    """2101's text ends with the client ids holding the other account, in braces (as users quote it: `...a
+    different account.{1}`)."""
+    return ERROR_TEXT[ErrorCode.ACCOUNT_UPDATES_REFUSED] + "{" + ",".join(str(i) for i in client_ids) + "}"
+
+
+POSITIONS_REFUSED_DETAIL = (
+    "reqPositions is not available for a login with more than 50 accounts; use reqPositionsMulti per account"
+)
 
 
 def err_msg(server_version: int, req_id: int, code: int, text: str) -> list[Field]:
@@ -262,10 +279,25 @@ def account_update_multi_end(req_id: int) -> list[Field]:
 
 
 def pnl_single(
-    req_id: int, position: float, daily_pnl: float, unrealized_pnl: float, realized_pnl: float, value: float
+    req_id: int,
+    position: float,
+    daily_pnl: float,
+    unrealized_pnl: float,
+    realized_pnl: float,
+    value: float,
+    unset: Collection[str] = (),
 ) -> list[Field]:
-    """PNL_SINGLE has no version field; unrealized (118) and realized (119) PnL are present in 157+."""
-    return [Out.PNL_SINGLE, req_id, position, daily_pnl, unrealized_pnl, realized_pnl, value]
+    """PNL_SINGLE has no version field; unrealized (118) and realized (119) PnL are present in 157+. Fields named in
+    `unset` (dailyPnL, unrealizedPnL, realizedPnL, value) go out as IB's unset double."""
+    values = {"dailyPnL": daily_pnl, "unrealizedPnL": unrealized_pnl, "realizedPnL": realized_pnl, "value": value}
+    sent = [UNSET_DOUBLE_TEXT if name in unset else number for name, number in values.items()]
+    return [Out.PNL_SINGLE, req_id, position, *sent]
+
+
+def position_exchange(holding: Holding) -> str:
+    """The exchange of a position message: IB leaves it empty for futures (its docs: "the exchange field is not
+    populated in the position callback for futures"); portfolio messages keep it."""
+    return "" if holding.contract.sec_type == "FUT" else holding.contract.exchange
 
 
 def position_data(holding: Holding) -> list[Field]:
@@ -273,10 +305,26 @@ def position_data(holding: Holding) -> list[Field]:
     c = holding.contract
     return [
         Out.POSITION_DATA, 3, holding.account,
-        c.conid, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier, c.exchange, c.currency,
-        c.local_symbol, c.trading_class,
+        c.conid, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier, position_exchange(holding),
+        c.currency, c.local_symbol, c.trading_class,
         holding.quantity, holding.average_cost,
     ]  # fmt: skip
+
+
+def position_multi(req_id: int, holding: Holding, model_code: str = "") -> list[Field]:
+    """POSITION_MULTI version 1 (ibapi decoder processPositionMultiMsg): reqId, account, the contract as in
+    POSITION_DATA, position, avgCost, modelCode."""
+    c = holding.contract
+    return [
+        Out.POSITION_MULTI, 1, req_id, holding.account,
+        c.conid, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier, position_exchange(holding),
+        c.currency, c.local_symbol, c.trading_class,
+        holding.quantity, holding.average_cost, model_code,
+    ]  # fmt: skip
+
+
+def position_multi_end(req_id: int) -> list[Field]:
+    return [Out.POSITION_MULTI_END, 1, req_id]
 
 
 def portfolio_value(holding: Holding, valuation: Valuation) -> list[Field]:

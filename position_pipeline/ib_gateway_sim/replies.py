@@ -9,18 +9,22 @@ computed in real time, apart from the account window.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from . import messages as m
 from .contracts import Holding
+from .filler import filler_rows
 from .framing import Field
 from .state import GatewayState
 
 
-def account_download(state: GatewayState, account: str, end: bool) -> list[list[Field]]:
-    """IB's order: ACCT_VALUE rows, PORTFOLIO_VALUE per holding, ACCT_UPDATE_TIME, then (if `end`)
-    ACCT_DOWNLOAD_END. A refresh tick sends the same without the end."""
-    frames = [m.account_value(key, value, currency, account) for key, value, currency in state.account_values(account)]
+def account_download(state: GatewayState, account: str, end: bool, filler: int = 0) -> list[list[Field]]:
+    """IB's order: ACCT_VALUE rows (and `filler` more, see filler.py), PORTFOLIO_VALUE per holding,
+    ACCT_UPDATE_TIME, then (if `end`) ACCT_DOWNLOAD_END. A refresh tick sends the same without the end."""
+    rows = state.account_values(account)
+    rows = rows + filler_rows(rows, filler) if filler else rows
+    frames = [m.account_value(key, value, currency, account) for key, value, currency in rows]
     frames += [m.portfolio_value(holding, state.valuation(holding)) for holding in state.positions(account)]
     frames.append(m.account_update_time(state.account_update_time(account)))
     if end:
@@ -54,13 +58,16 @@ def account_summary(state: GatewayState, req_id: int, tags: set[str]) -> list[li
     return frames
 
 
-def pnl(state: GatewayState, req_id: int, account: str, conid: int) -> list[Field]:
-    """PNL_SINGLE at the live price (zeros for a contract the account does not hold)."""
+def pnl(state: GatewayState, req_id: int, account: str, conid: int, unset: Collection[str] = ()) -> list[Field]:
+    """PNL_SINGLE at the live price (zeros for a contract the account does not hold); fields named in `unset` as
+    IB's unset double (not computed yet)."""
     holding = state.holding(account, conid)
     if holding is None:
-        return m.pnl_single(req_id, 0, 0.0, 0.0, 0.0, 0.0)
+        return m.pnl_single(req_id, 0, 0.0, 0.0, 0.0, 0.0, unset)
     value = state.live_valuation(holding)
-    return m.pnl_single(req_id, holding.quantity, 0.0, value.unrealized_pnl, value.realized_pnl, value.market_value)
+    return m.pnl_single(
+        req_id, holding.quantity, 0.0, value.unrealized_pnl, value.realized_pnl, value.market_value, unset
+    )
 
 
 def connection_time(state: GatewayState, now: datetime | None = None) -> str:

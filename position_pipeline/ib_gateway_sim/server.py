@@ -64,6 +64,7 @@ class SimulatedGateway:
     async def start(self) -> None:
         """Value every account once (the first download's values), then listen and run the clocks."""
         self.state.revalue()
+        self.hub.call_later = asyncio.get_running_loop().call_later  # download latency timers
         await self._listen()
         if self.price_interval:
             self._tasks.append(asyncio.create_task(self._clock(self.price_interval, prices=True)))

@@ -13,8 +13,9 @@ from collections import deque
 from collections.abc import Callable, Collection
 from enum import Enum
 
+from . import garbage, replies
 from . import messages as m
-from . import replies
+from .account_updates import AccountUpdates
 from .contracts import Holding
 from .framing import (
     HANDSHAKE_PREFIX,
@@ -26,9 +27,10 @@ from .framing import (
     parse_handshake,
     split_fields,
 )
-from .hub import Hub, SubscribeOutcome
+from .hub import Hub
 from .messages import ErrorCode, In
-from .request_fields import RequestError, account_field, bool_field, int_field, req_id_of
+from .positions import Positions
+from .request_fields import RequestError, account_field, int_field, req_id_of
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,10 @@ class Session:
         self.close_reason: str | None = None
         self.on_output: Callable[[], None] = lambda: None
         self.messages_sent = 0
-        self.positions_subscribed = False
         self.pnl_subscriptions: dict[int, tuple[str, int]] = {}
         self.multi_subscriptions: dict[int, str] = {}
+        self.positions = Positions(self)
+        self.account_updates = AccountUpdates(self)
         self._clock = clock
         self._handshake = bytearray()
         self._decoder = FrameDecoder()
@@ -62,9 +65,11 @@ class Session:
         self._withheld: list[list[Field]] = []
         self._recent: deque[float] = deque()
         self._handlers: dict[int, Callable[[list[str]], None]] = {
-            In.REQ_POSITIONS: self._req_positions,
-            In.CANCEL_POSITIONS: self._cancel_positions,
-            In.REQ_ACCT_DATA: self._req_account_updates,
+            In.REQ_POSITIONS: self.positions.request,
+            In.CANCEL_POSITIONS: self.positions.cancel,
+            In.REQ_ACCT_DATA: self.account_updates.request,
+            In.REQ_POSITIONS_MULTI: self.positions.request_multi,
+            In.CANCEL_POSITIONS_MULTI: self.positions.cancel_multi,
             In.REQ_ACCOUNT_UPDATES_MULTI: self._req_account_updates_multi,
             In.CANCEL_ACCOUNT_UPDATES_MULTI: self._cancel_account_updates_multi,
             In.REQ_ACCOUNT_SUMMARY: self._req_account_summary,
@@ -72,14 +77,14 @@ class Session:
             In.REQ_PNL_SINGLE: self._req_pnl_single,
             In.CANCEL_PNL_SINGLE: self._cancel_pnl_single,
             # read-only, so no executions and no orders: only the ends
-            In.REQ_EXECUTIONS: lambda fields: self._reply(m.execution_data_end(int_field(fields, 2, "reqId"))),
-            In.REQ_OPEN_ORDERS: lambda fields: self._reply(m.open_order_end()),
-            In.REQ_ALL_OPEN_ORDERS: lambda fields: self._reply(m.open_order_end()),
-            In.REQ_COMPLETED_ORDERS: lambda fields: self._reply(m.completed_orders_end()),
+            In.REQ_EXECUTIONS: lambda fields: self.reply(m.execution_data_end(int_field(fields, 2, "reqId"))),
+            In.REQ_OPEN_ORDERS: lambda fields: self.reply(m.open_order_end()),
+            In.REQ_ALL_OPEN_ORDERS: lambda fields: self.reply(m.open_order_end()),
+            In.REQ_COMPLETED_ORDERS: lambda fields: self.reply(m.completed_orders_end()),
             In.REQ_AUTO_OPEN_ORDERS: self._req_auto_open_orders,
-            In.REQ_CURRENT_TIME: lambda fields: self._reply(m.current_time(int(time.time()))),
-            In.REQ_IDS: lambda fields: self._reply(m.next_valid_id(self.hub.next_order_id)),
-            In.REQ_MANAGED_ACCTS: lambda fields: self._reply(m.managed_accounts(self.hub.state.accounts)),
+            In.REQ_CURRENT_TIME: lambda fields: self.reply(m.current_time(int(time.time()))),
+            In.REQ_IDS: lambda fields: self.reply(m.next_valid_id(self.hub.next_order_id)),
+            In.REQ_MANAGED_ACCTS: lambda fields: self.reply(m.managed_accounts(self.hub.state.accounts)),
             In.REQ_MARKET_DATA_TYPE: lambda fields: None,  # a setting only; nothing to answer
             In.PLACE_ORDER: self._refuse_order,
             In.CANCEL_ORDER: self._refuse_order,
@@ -113,6 +118,10 @@ class Session:
         out, self._out = self._out, []
         return out
 
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
     def close(self, reason: str) -> None:
         if self.phase is Phase.CLOSED:
             return
@@ -127,9 +136,9 @@ class Session:
         whole revalued account: see `replies.portfolio_push`)."""
         if self.phase is not Phase.READY or self.hub.faults.offline:
             return
-        if self.positions_subscribed:
-            self._send(m.position_data(holding))
-        if self.hub.account_updates_account(self) == holding.account:
+        for fields in self.positions.pushes(holding):
+            self._send(fields)
+        if self.account_updates.pushing == holding.account:
             for fields in replies.portfolio_push(self.hub.state, holding):
                 self._send(fields)
         self._send_pnl_for(holding)
@@ -140,9 +149,9 @@ class Session:
         subscription."""
         if self.phase is not Phase.READY or self.hub.faults.offline:
             return
-        account = self.hub.account_updates_account(self) if portfolio else None
+        account = self.account_updates.pushing if portfolio else None
         if account is not None and (accounts is None or account in accounts):
-            self._send_account_download(account, end=False)
+            self.account_updates.push_whole(account)
         for req_id in list(self.pnl_subscriptions) if pnl else []:
             self._send_pnl(req_id)
         self.on_output()
@@ -208,11 +217,14 @@ class Session:
         if self._over_pacing_limit():
             return
         handler = self._handlers.get(msg_id)
+        if self.hub.faults.garbage_after_handshake:
+            for junk in garbage.junk_frames(self.connection + len(self.hub.requests), 2):
+                self._send(junk)
         try:
             if handler is not None:
                 handler(fields)
             elif msg_id in m.MARKET_DATA_REQUESTS:
-                self._reply_error(
+                self.reply_error(
                     req_id_of(fields, msg_id), ErrorCode.MARKET_DATA_NOT_SUBSCRIBED,
                     m.error_text(ErrorCode.MARKET_DATA_NOT_SUBSCRIBED),
                 )  # fmt: skip
@@ -220,7 +232,7 @@ class Session:
                 pass  # nothing was subscribed here, and IB never answers a cancel
             elif msg_id in In._value2member_map_:
                 detail = f"{name} is not supported by the simulated gateway"
-                self._reply_error(
+                self.reply_error(
                     req_id_of(fields, msg_id), ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
                     m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST, request=name, detail=detail),
                 )  # fmt: skip
@@ -258,7 +270,12 @@ class Session:
             return
         self.hub.register(self)
         self.phase = Phase.READY
-        self._send(m.managed_accounts(self.hub.state.accounts))
+        if self.hub.faults.garbage_after_handshake:
+            log.warning("connection %d: fault: garbage after the handshake", self.connection)
+            for junk in garbage.greeting(self.connection):
+                self._send(junk)
+        else:
+            self._send(m.managed_accounts(self.hub.state.accounts))
         self._send(m.next_valid_id(self.hub.next_order_id))
         for code in (ErrorCode.MARKET_DATA_FARM_OK, ErrorCode.HMDS_FARM_OK, ErrorCode.SEC_DEF_FARM_OK):
             self._send_error(m.NO_REQ_ID, code, m.error_text(code))
@@ -266,51 +283,13 @@ class Session:
 
     # --- request handlers ------------------------------------------------------------------------------------
 
-    def _req_positions(self, fields: list[str]) -> None:
-        self.positions_subscribed = True
-        holdings = list(self.hub.state.positions())
-        if self.hub.faults.drop_mid_positions:
-            self.hub.faults.drop_mid_positions = False  # one stream only, so the client's retry can succeed
-            for holding in holdings[: len(holdings) // 2]:
-                self._reply(m.position_data(holding))
-            log.warning("connection %d: fault: dropping the connection mid position stream", self.connection)
-            self.close("fault: dropped mid position stream")
-            return
-        for holding in holdings:
-            self._reply(m.position_data(holding))
-        if not self.hub.faults.suppress_position_end:
-            self._reply(m.position_end())
-
-    def _cancel_positions(self, fields: list[str]) -> None:
-        self.positions_subscribed = False
-
-    def _req_account_updates(self, fields: list[str]) -> None:
-        if not bool_field(fields, 2, "subscribe"):
-            self.hub.unsubscribe_account_updates(self)  # whatever the account field says
-            return
-        account = account_field(fields, 3, self.hub.state.accounts, allow_empty_single=True)
-        if not self.hub.refuses_account_updates(self, account):
-            self.hub.apply_fills_before_download(account)
-        outcome = self.hub.subscribe_account_updates(self, account)
-        warning = {SubscribeOutcome.REFUSED: ErrorCode.ACCOUNT_UPDATES_REFUSED,
-                   SubscribeOutcome.SWITCHED: ErrorCode.ACCOUNT_UPDATES_SWITCHED}.get(outcome)  # fmt: skip
-        if warning is not None:
-            self._reply_error(m.NO_REQ_ID, warning, m.error_text(warning))
-        if outcome is not SubscribeOutcome.REFUSED:  # a refused subscription gets no download (2101)
-            self._send_account_download(account, end=True)
-
-    def _send_account_download(self, account: str, end: bool) -> None:
-        end = end and not self.hub.faults.suppress_account_download_end
-        for fields in replies.account_download(self.hub.state, account, end):
-            self._reply(fields)
-
     def _req_account_updates_multi(self, fields: list[str]) -> None:
         req_id = int_field(fields, 2, "reqId")
         account = account_field(fields, 3, self.hub.state.accounts)
         model_code = fields[4] if len(fields) > 4 else ""
         self.multi_subscriptions[req_id] = account
         for reply in replies.account_updates_multi(self.hub.state, req_id, account, model_code):
-            self._reply(reply)
+            self.reply(reply)
 
     def _cancel_account_updates_multi(self, fields: list[str]) -> None:
         self.multi_subscriptions.pop(int_field(fields, 2, "reqId"), None)
@@ -321,7 +300,7 @@ class Session:
         req_id = int_field(fields, 2, "reqId")
         tags = {t for t in (fields[4] if len(fields) > 4 else "").split(",") if t}
         for reply in replies.account_summary(self.hub.state, req_id, tags):
-            self._reply(reply)
+            self.reply(reply)
 
     def _req_pnl_single(self, fields: list[str]) -> None:
         req_id = int_field(fields, 1, "reqId")
@@ -335,7 +314,7 @@ class Session:
 
     def _send_pnl(self, req_id: int) -> None:
         account, conid = self.pnl_subscriptions[req_id]
-        self._reply(replies.pnl(self.hub.state, req_id, account, conid))
+        self.reply(replies.pnl(self.hub.state, req_id, account, conid, self.hub.faults.pnl_unset))
 
     def _send_pnl_for(self, holding: Holding) -> None:
         for req_id, key in self.pnl_subscriptions.items():
@@ -345,7 +324,7 @@ class Session:
     def _req_auto_open_orders(self, fields: list[str]) -> None:
         if self.client_id != 0:
             detail = "auto binding of orders is only allowed for client id 0"
-            self._reply_error(m.NO_REQ_ID, ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+            self.reply_error(m.NO_REQ_ID, ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
                               m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
                                            request="reqAutoOpenOrders", detail=detail))  # fmt: skip
 
@@ -373,15 +352,15 @@ class Session:
             return True
         return False
 
-    def _reply(self, fields: list[Field]) -> None:
+    def reply(self, fields: list[Field]) -> None:
         """A reply to a request: held back while the gateway has lost connectivity to IB (after 1100)."""
         if self.hub.faults.offline:
             self._withheld.append(fields)
         else:
             self._send(fields)
 
-    def _reply_error(self, req_id: int, code: int, text: str) -> None:
-        self._reply(m.err_msg(self.server_version, req_id, code, text))
+    def reply_error(self, req_id: int, code: int, text: str) -> None:
+        self.reply(m.err_msg(self.server_version, req_id, code, text))
 
     def _send_error(self, req_id: int, code: int, text: str) -> None:
         self._send(m.err_msg(self.server_version, req_id, code, text))

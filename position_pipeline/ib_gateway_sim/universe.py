@@ -7,6 +7,7 @@ the same way.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Callable
@@ -154,23 +155,40 @@ def draw_desk(rng: random.Random, accounts: list[str], positions: int) -> list[t
     An account never holds one conid twice. With probability SHARE_PROBABILITY (when there are two accounts or
     more) an account's draw is a contract some other account already holds, with its own quantity and cost."""
     universe = ContractUniverse(rng)
-    drawn: dict[int, Priced] = {}  # every contract held so far, in the order first drawn
+    drawn: list[Priced] = []  # every contract held so far, in the order first drawn
+    position_of: dict[int, int] = {}  # conid -> its index in `drawn`
     held_by: dict[str, set[int]] = {account: set() for account in accounts}
+    held_at: dict[str, list[int]] = {account: [] for account in accounts}  # indexes in `drawn`, ascending
     desk: list[tuple[Holding, float]] = []
     for i in range(positions):
         account = accounts[i % len(accounts)]
         held = held_by[account]
-        shared = [item for conid, item in drawn.items() if conid not in held] if len(accounts) > 1 else []
-        if shared and rng.random() < SHARE_PROBABILITY:
-            contract, price = rng.choice(shared)
+        shareable = len(drawn) - len(held) if len(accounts) > 1 else 0  # drawn by others, not held here
+        if shareable and rng.random() < SHARE_PROBABILITY:
+            contract, price = drawn[_skip_held(rng.choice(range(shareable)), held_at[account])]
         else:
             contract, price = universe.draw(held.__contains__)
-        drawn.setdefault(contract.conid, (contract, price))
+        if contract.conid not in position_of:
+            position_of[contract.conid] = len(drawn)
+            drawn.append((contract, price))
         held.add(contract.conid)
+        bisect.insort(held_at[account], position_of[contract.conid])
         quantity = _draw_quantity(rng, contract.sec_type)
         cost_price = round_price(price * math.exp(rng.gauss(0.0, 0.05)))
         desk.append((Holding(account, contract, quantity, round(cost_price * contract.multiplier_value, 4)), price))
     return desk
+
+
+def _skip_held(k: int, held_at: list[int]) -> int:
+    """The index in the drawn list of its k-th contract (from 0) that is not at one of the ascending `held_at`
+    indexes: the same pick as choosing from the list of those contracts, in linear time of the account's holdings
+    rather than of the desk."""
+    index = k
+    for held in held_at:
+        if held > index:
+            break
+        index += 1
+    return index
 
 
 def draw_cash(rng: random.Random, base_currencies: dict[str, str]) -> dict[str, dict[str, float]]:

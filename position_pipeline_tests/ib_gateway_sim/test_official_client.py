@@ -211,7 +211,7 @@ def test_positions_read_by_ibapi_equal_the_gateway_state(app: Recorder, sim: Gat
                 h.contract.right,
                 h.contract.expiry,
                 h.contract.multiplier,
-                h.contract.exchange,
+                "" if h.contract.sec_type == "FUT" else h.contract.exchange,  # IB: none for futures positions
                 h.contract.currency,
                 h.contract.local_symbol,
                 h.contract.trading_class,

@@ -4,7 +4,7 @@ client ids (326), account-updates arbitration across clients (2100), and pacing 
 from __future__ import annotations
 
 from position_pipeline.ib_gateway_sim.hub import Hub
-from position_pipeline.ib_gateway_sim.messages import ERROR_TEXT, ErrorCode, In
+from position_pipeline.ib_gateway_sim.messages import ERROR_TEXT, ErrorCode, In, refused_text
 from position_pipeline.ib_gateway_sim.session import Phase, Session
 from position_pipeline_tests.support.session_driver import (
     Clock,
@@ -56,7 +56,7 @@ def test_account_updates_arbitration(hub: Hub) -> None:
     assert errors(frames) == [] and frames[-1] == ["54", "1", acct1]
 
     b.receive_data(req(In.REQ_ACCT_DATA, 2, True, acct2))
-    assert sent(b) == [err(-1, 2101, ERROR_TEXT[ErrorCode.ACCOUNT_UPDATES_REFUSED])]
+    assert sent(b) == [err(-1, 2101, refused_text([1]))]  # the text ends with the holders' client ids
     assert hub.account_updates == acct1 and hub.account_subscribers == [a]
 
     b.receive_data(req(In.REQ_ACCT_DATA, 2, True, acct1))  # the same account is shared

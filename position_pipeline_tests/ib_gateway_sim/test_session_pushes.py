@@ -70,7 +70,7 @@ def test_cancel_positions_stops_pushes(small_hub: Hub) -> None:
     session.receive_data(req(In.CANCEL_POSITIONS, 1))
     small_hub.state.set_position("DU1", AAPL, 1.0)
     assert sent(session) == []
-    assert not session.positions_subscribed
+    assert not session.positions.subscribed
 
 
 def test_pushes_call_on_output(small_hub: Hub) -> None:

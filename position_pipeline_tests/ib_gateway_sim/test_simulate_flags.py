@@ -62,3 +62,48 @@ def test_the_connection_time_is_local_to_the_gateway_zone() -> None:
     assert connection_time(state, moment) == "20261203 00:30:05 JST"
     state.set_timezone("America/New_York")
     assert connection_time(state, moment) == "20261202 10:30:05 EST"
+
+
+def test_download_cost_and_fault_flags_reach_the_faults() -> None:
+    gateway = gateway_for(
+        "--download-seconds", "0.5", "--download-seconds-for", "DU1000002:2", "--account-value-volume", "300",
+        "--no-download-end-for", "DU1000001", "--unsubscribe-mid-download", "DU1000002",
+        "--unsubscribe-mid-download", "DU1000001:3", "--account-updates-held-by", "77", "--positions-unavailable",
+        "--pnl-unset", "dailyPnL", "--garbage-after-handshake",
+    )  # fmt: skip
+    faults = gateway.faults
+    assert (faults.download_delay("DU1000001"), faults.download_delay("DU1000002")) == (0.5, 2.0)
+    assert faults.account_value_volume == 300
+    assert faults.suppress_download_end_for == {"DU1000001"}
+    assert faults.unsubscribe_mid_download == {"DU1000002": 1, "DU1000001": 3}
+    assert faults.account_updates_held_by == 77
+    assert faults.positions_refused(2) and faults.pnl_unset == {"dailyPnL"} and faults.garbage_after_handshake
+
+
+def test_without_the_flags_downloads_are_instant_and_positions_automatic() -> None:
+    faults = gateway_for().faults
+    assert faults.download_delay("DU1000001") == 0.0 and faults.describe() == {}
+    assert not faults.positions_refused(50) and faults.positions_refused(51)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--download-seconds-for", "DU1000001:soon"], "is not ACCOUNT:NUMBER"),
+        (["--download-seconds-for", "DU9:1"], "--download-seconds-for: accounts ['DU9'] are not in"),
+        (["--no-download-end-for", "DU9"], "--no-download-end-for: accounts ['DU9'] are not in"),
+        (["--download-seconds", "-1"], "--download-seconds must be >= 0"),
+        (["--account-value-volume", "-1"], "--account-value-volume must be >= 0"),
+    ],
+)
+def test_bad_download_flags_exit_with_a_message(flags: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        gateway_for(*flags)
+    assert message in str(exited.value)
+
+
+def test_the_accounts_flag_allows_a_desk_of_50_and_more() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    gateway = build_gateway(parser.parse_args(["--positions", "120", "--accounts", "60"]))
+    assert len(gateway.state.accounts) == 60

@@ -264,3 +264,24 @@ def test_non_usd_listings_are_priced_in_their_currency(big: GatewayState) -> Non
     pairs = {h.contract.local_symbol: h.contract.currency for h in big.positions() if h.contract.sec_type == "CASH"}
     assert all(currency == local[-3:] for local, currency in pairs.items())  # a pair is priced in its quote
     assert big.contract(265598) is None or big.contract(265598) == AAPL
+
+
+# --- desk scale ---------------------------------------------------------------------------------------------------
+
+
+def test_a_desk_of_5000_positions_in_50_accounts_is_generated_fast_the_same_every_time() -> None:
+    import time
+
+    def timed() -> tuple[GatewayState, float]:
+        started = time.perf_counter()
+        state = GatewayState.generate(positions=5000, accounts=50, seed=11)
+        return state, time.perf_counter() - started
+
+    (desk, first), (again, second) = timed(), timed()
+    assert min(first, second) < 1.0, f"generate(5000, 50) took {first:.2f} s and {second:.2f} s"  # best of 2: load
+    assert len(desk.holdings) == 5000 and len(desk.accounts) == 50
+    per_account = Counter(h.account for h in desk.positions())
+    assert set(per_account) == set(desk.accounts) and set(per_account.values()) == {100}
+    held_in = Counter(conid for _, conid in desk.holdings)
+    assert max(held_in.values()) >= 3 and sum(1 for n in held_in.values() if n >= 2) >= 100
+    assert again.holdings == desk.holdings and again.prices == desk.prices
