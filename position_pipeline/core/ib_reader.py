@@ -240,7 +240,7 @@ def _held(account: str, c: Contract, download: AccountDownload, connect: float |
         currency=c.currency,
         local_symbol=c.localSymbol,
         trading_class=c.tradingClass,
-        exchange=c.exchange,
+        exchange=c.exchange or _listing(item),
         position=item.position if item else (connect or 0.0),
         average_cost=item.averageCost if item else cost,
         market_price=item.marketPrice if item else None,
@@ -288,6 +288,11 @@ def _check_positions(positions: list[Position], managed: list[str], settings: IB
             f"({'; '.join(broken[:3])}; managed accounts {', '.join(managed)}): the read is not trusted and the "
             "items are released"
         )
+
+
+def _listing(item: PortfolioItem | None) -> str:
+    """A futures position message has no exchange (IB leaves it out); its portfolio item names the listing."""
+    return "" if item is None else item.contract.exchange or item.contract.primaryExchange
 
 
 async def _connect(ib: IB, settings: IBSettings, seed: str, notices: Notices) -> int:
