@@ -10,6 +10,7 @@ import asyncio
 from typing import Protocol
 
 CLIENT_ID_IN_USE = 326
+POSITIONS_REFUSED = 321  # "Error validating request": at connect, IB refusing reqPositions (> 50 subaccounts)
 ACCOUNT_UPDATES_REFUSED = 2101  # another client holds account updates for a different account
 ACCOUNT_UNSUBSCRIBED = 2100  # TWS itself took the account subscription: no accountDownloadEnd follows
 

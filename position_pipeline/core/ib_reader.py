@@ -29,6 +29,7 @@ from position_pipeline.core.account_time import gateway_zone
 from position_pipeline.core.ib_errors import (
     ACCOUNT_UPDATES_REFUSED,
     CLIENT_ID_IN_USE,
+    POSITIONS_REFUSED,
     AccountUnavailable,
     ClientIdInUse,
     GatewayUnreachable,
@@ -134,6 +135,7 @@ class IBSnapshot:
     unavailable: dict[str, str] = field(default_factory=dict)  # account -> why its download failed
     unread: set[tuple[str, int]] = field(default_factory=set)  # (account, conid) held there, values not read
     seconds: dict[str, float] = field(default_factory=dict)  # account -> seconds spent on it, read or not
+    positions_from_downloads: bool = False  # IB refused reqPositions: every account read, holdings from downloads
 
     def by_conid(self) -> dict[int, list[HeldPosition]]:
         found: dict[int, list[HeldPosition]] = {}
@@ -159,8 +161,18 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
     positions: list[Position] = []
     ib.errorEvent += lambda req_id, code, text, contract: notices.append((req_id, code, text))
     ib.positionEvent += positions.append  # ib_async reads every position at connect; nothing to ask again
+    refused: list[str] = []
+
+    def positions_refused(req_id: int, code: int, text: str, contract: object) -> None:
+        """IB serves no reqPositions to logins with more than 50 subaccounts: its 321 ends ib_async's wait."""
+        if code == POSITIONS_REFUSED and req_id == -1:  # only while connecting: removed once connected
+            refused.append(text)
+            ib.wrapper.positionEnd()
+
+    ib.errorEvent += positions_refused
     started = time.monotonic()
     client_id = await _connect(ib, settings, seed, notices)
+    ib.errorEvent -= positions_refused
     try:
         ib.client.cancelPositions()
         managed = _checked_accounts(ib.managedAccounts(), settings, client_id)
@@ -178,6 +190,9 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
         latest = {(p.account, p.contract.conId): p for p in positions}  # later pushes replace earlier ones
         wanted = [p for p in latest.values() if p.account in accounts and p.contract.conId in conids]
         needed = sorted({p.account for p in wanted})
+        if refused:  # no position list: every account is read, and its download lists its positions
+            log.warning("IB refused reqPositions (%s): reading every account's download instead", refused[0])
+            snapshot.positions_from_downloads, needed = True, sorted(accounts) if conids else []
         causes: list[BaseException | None] = []
         for account in needed:
             left = settings.read_budget - (time.monotonic() - started)

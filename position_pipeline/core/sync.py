@@ -62,6 +62,14 @@ def given_back(batch: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, str]:
     counted) rather than judged, so an item never succeeds without the row of every account holding it."""
     if not snapshot.unavailable:
         return {}
+    if snapshot.positions_from_downloads:  # no position list: an account not read may hold any contract
+        unread = ", ".join(sorted(snapshot.unavailable))
+        return {
+            request_id: f"IB serves no position list to this login and account(s) {unread} were not read: "
+            + "; ".join(f"{a}: {why}" for a, why in sorted(snapshot.unavailable.items()))
+            for request_id, pinned in batch.select("request_id", "account").iter_rows()
+            if pinned is None or pinned in snapshot.unavailable
+        }
     blocked: dict[int, list[str]] = {}
     for account, conid in sorted(snapshot.unread):
         blocked.setdefault(conid, []).append(account)

@@ -168,3 +168,74 @@ def test_managed_accounts_that_are_no_account_codes_are_a_protocol_error_not_not
     with pytest.raises(IBProtocolError, match=r"sent managed accounts \['-1'\]"):
         read_snapshot(settings_for(sim), {265598}, "garbage")
     assert_no_client_left(sim)
+
+
+def test_an_account_whose_download_never_ends_costs_its_bound_and_only_its_items(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    first, second, _ = state.accounts
+    sim.set_faults(suppress_download_end_for={second})
+    started = time.monotonic()
+    snapshot = read_snapshot(
+        settings_for(sim, request_timeout=1.0), held_only_by(state, first) | held_only_by(state, second), "no-end"
+    )
+    elapsed = time.monotonic() - started
+    assert list(snapshot.downloads) == [first] and set(snapshot.unavailable) == {second}
+    assert f"reqAccountUpdates({second}) did not complete within 1 s" in snapshot.unavailable[second]
+    assert 1.0 <= elapsed < 3.0
+    assert_no_client_left(sim)
+
+
+@pytest.mark.parametrize(("cuts", "read"), [(1, True), (2, False)])
+def test_2100_mid_download_is_asked_again_once(sim: GatewayThread, cuts: int, read: bool) -> None:
+    state = state_of(sim)
+    first, account = state.accounts[0], state.accounts[1]
+    sim.set_faults(unsubscribe_mid_download={account: cuts})
+    settings = settings_for(sim, request_timeout=5.0)
+    started = time.monotonic()
+    snapshot = read_snapshot(settings, held_only_by(state, first) | held_only_by(state, account), f"cut-{cuts}")
+    assert time.monotonic() - started < 3.0  # 2100 ends the wait at once
+    subscribes = [
+        r
+        for r in requests_of(sim, client_id_for(f"cut-{cuts}", settings))
+        if r.name == "REQ_ACCT_DATA" and r.fields[2:4] == ("1", account)
+    ]
+    assert len(subscribes) == 2
+    if read:
+        assert list(snapshot.downloads) == [first, account]
+        for p in snapshot.positions:
+            assert_matches_state(p, state)
+    else:
+        assert list(snapshot.downloads) == [first] and "2100" in snapshot.unavailable[account]
+
+
+def test_download_latency_per_account_adds_up_within_the_budget(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    sim.set_faults(download_seconds=0.5, account_value_volume=300)
+    started = time.monotonic()
+    snapshot = read_snapshot(settings_for(sim), {h.contract.conid for h in state.positions()}, "latency")
+    assert set(snapshot.downloads) == set(state.accounts)
+    assert all(0.5 <= snapshot.seconds[a] < 2.0 for a in state.accounts)
+    assert 1.5 <= time.monotonic() - started < 5.0
+
+
+def test_without_reqpositions_every_account_is_read_and_its_download_lists_the_holdings(sim: GatewayThread) -> None:
+    """Logins with more than 50 subaccounts: IB refuses reqPositions (321); the downloads list the positions."""
+    state = state_of(sim)
+    sim.set_faults(positions_unavailable=True)
+    conids = {h.contract.conid for h in state.positions()} | {999_999_999}
+    started = time.monotonic()
+    snapshot = read_snapshot(settings_for(sim, connect_timeout=5.0), conids, "no-positions")
+    assert time.monotonic() - started < 3.0  # the refusal ended the connect-time wait
+    assert snapshot.positions_from_downloads and set(snapshot.downloads) == set(state.accounts)
+    assert {(p.account, p.conid) for p in snapshot.positions} == {
+        (h.account, h.contract.conid) for h in state.positions()
+    }
+    for p in snapshot.positions:
+        assert p.connect_position is None and not p.moved
+        assert_matches_state(p, state)
+
+
+def test_a_garbage_server_is_a_protocol_error(sim: GatewayThread) -> None:
+    sim.set_faults(garbage_after_handshake=True)
+    with pytest.raises(IBProtocolError, match="not an account code"):
+        read_snapshot(settings_for(sim), {265598}, "garbage-server")

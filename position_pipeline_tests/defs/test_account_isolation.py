@@ -80,3 +80,88 @@ def test_one_unreadable_account_costs_only_its_items(
         if f"account {second} not read, its items given back" in e.message
     ]
     assert len(warnings) == 1
+
+
+def desk_items(queue: PositionQueue, state: GatewayState) -> dict[str, list[str]]:
+    """Items for contracts held only in the first and only in the second account, and one held in both."""
+    first, second, _ = state.accounts
+    shared = next(c for c, accounts in sorted(holders_of(state).items()) if {first, second} <= accounts)
+    return {
+        "first": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, first))[:3]]),
+        "second": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, second))[:3]]),
+        "shared": queue.insert_many([(shared, "S")]),
+    }
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda second: {"suppress_download_end_for": {second}}, id="no-download-end"),
+        pytest.param(lambda second: {"unsubscribe_mid_download": {second: 2}}, id="2100-twice"),
+    ],
+)
+def test_an_ib_side_fault_of_one_account_gives_back_its_items_and_marks_nothing_failed(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance, fault: object
+) -> None:
+    first, second, _ = sim_state.accounts
+    sim.set_faults(**fault(second))  # type: ignore[operator]
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = desk_items(queue, sim_state)
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    assert set(updates(root).select("request_id", "account").iter_rows()) == {(i, first) for i in ids["first"]}
+    items = queue.read()
+    assert set(items.filter(pl.col("request_id").is_in(ids["first"]))["status"]) == {QueueStatus.SUCCESS}
+    back = items.filter(pl.col("request_id").is_in(ids["second"] + ids["shared"]))
+    assert set(back["status"]) == {QueueStatus.PENDING} and set(back["attempts"]) == {0}
+    metadata = result.asset_materializations_for_node("ib_snapshot")[0].metadata
+    assert metadata["given_back"].value == 4
+    assert metadata["ib_read_seconds"].value < 2 + 3  # the account's 2-s bound, not more  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"account_updates_held_by": 77}, id="slot-held-outside"),
+        pytest.param({"garbage_after_handshake": True}, id="garbage-server"),
+    ],
+)
+def test_an_ib_side_fault_of_the_whole_read_gives_the_batch_back(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance, fault: dict[str, object]
+) -> None:
+    sim.set_faults(**fault)
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = [i for group in desk_items(queue, sim_state).values() for i in group]
+
+    result = run_sync(root, sim, instance)
+
+    assert not result.success
+    items = queue.read()
+    assert set(items["status"]) == {QueueStatus.PENDING} and set(items["attempts"]) == {0} and items.height == len(ids)
+    assert lake.open_existing(lake.table_uri(root, lake.POSITION_UPDATES_TABLE)) is None or updates(root).is_empty()
+
+
+def test_without_reqpositions_items_resolve_from_the_downloads(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    first, second, _ = sim_state.accounts
+    sim.set_faults(positions_unavailable=True)
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = desk_items(queue, sim_state)
+    [gone] = queue.insert_many([(999_999_999, "GONE")])
+
+    result = run_sync(root, sim, instance)
+
+    assert result.success
+    rows = updates(root)
+    shared_conid = rows.filter(pl.col("request_id") == ids["shared"][0])["conid"][0]
+    assert set(rows.select("request_id", "account").iter_rows()) == (
+        {(i, first) for i in ids["first"]}
+        | {(i, second) for i in ids["second"]}
+        | {(ids["shared"][0], a) for a in holders_of(sim_state)[shared_conid]}
+    )
+    items = queue.read()
+    assert items.filter(pl.col("request_id") == gone)["status"].to_list() == [QueueStatus.FAILED]
+    assert set(items.filter(pl.col("request_id") != gone)["status"]) == {QueueStatus.SUCCESS}
