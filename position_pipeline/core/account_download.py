@@ -139,16 +139,25 @@ async def read_account(
     remaining: float,
     timeout: float,
 ) -> AccountDownload:
-    """Subscribe to one account's updates, read to accountDownloadEnd, unsubscribe."""
+    """Subscribe to one account's updates, read to that account's accountDownloadEnd, unsubscribe.
+
+    ib_async ends its request at any accountDownloadEnd, also a late one of the account read before (whose download
+    outlived its bound): the download counts as ended only when the end names this account."""
     started = time.perf_counter()
     wrapper = ib.wrapper
-    original = wrapper.updateAccountTime
+    original_time, original_end = wrapper.updateAccountTime, wrapper.accountDownloadEnd
     download = AccountDownload(account, datetime.now(UTC))
     values: list[AccountValue] = []
     broken: list[str] = []
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def keep_time(timestamp: str) -> None:
         download.update_time = timestamp
+
+    def keep_end(name: str) -> None:
+        if name == account and not ended.done():
+            ended.set_result(None)
+        original_end(name)
 
     def keep_item(item: PortfolioItem) -> None:  # ib.portfolio() drops positions closed today; the event keeps them
         if item.account != account:
@@ -164,43 +173,47 @@ async def read_account(
             values.append(value)
 
     wrapper.updateAccountTime = keep_time  # type: ignore[method-assign]
+    wrapper.accountDownloadEnd = keep_end  # type: ignore[method-assign,assignment]
     ib.updatePortfolioEvent += keep_item
     ib.accountValueEvent += keep_value
     seen = len(notices)
     request = asyncio.ensure_future(ib.reqAccountUpdatesAsync(account))
     refused = asyncio.ensure_future(until_code(notices, seen, ACCOUNT_UPDATES_REFUSED))
     unsubscribed = asyncio.ensure_future(until_code(notices, seen, ACCOUNT_UNSUBSCRIBED))
+    deadline = time.monotonic() + max(remaining, 0.0)
+    waiting: set[asyncio.Future[None]] = {ended, request, refused, unsubscribed}
     try:
-        done, _ = await asyncio.wait({request, refused, unsubscribed}, timeout=max(remaining, 0.0),
-                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        if unsubscribed in done and request not in done:
-            request.cancel()
-            said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UNSUBSCRIBED)
-            raise _AccountUnsubscribed(
-                f"IB at {settings.where} unsubscribed client id {client_id} from the account data of {account} in "
-                f"the middle of its download (2100: {said}): TWS or another session took the subscription"
-            )
-        if refused in done:
-            request.cancel()
-            said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UPDATES_REFUSED)
-            raise _AccountUpdatesRefused(
-                f"IB at {settings.where} refused account updates for {account} to client id {client_id} (error "
-                f"2101: {said}): IB serves one account at a time across all clients and another client held "
-                f"another account throughout; the items are released and retried"
-            )
-        if request not in done:
-            request.cancel()
+        while not ended.done():
+            done, _ = await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0.0),
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if ended in done:
+                break
+            if unsubscribed in done:
+                said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UNSUBSCRIBED)
+                raise _AccountUnsubscribed(
+                    f"IB at {settings.where} unsubscribed client id {client_id} from the account data of {account} "
+                    f"in the middle of its download (2100: {said}): TWS or another session took the subscription"
+                )
+            if refused in done:
+                said = next(text for _, code, text in notices[seen:] if code == ACCOUNT_UPDATES_REFUSED)
+                raise _AccountUpdatesRefused(
+                    f"IB at {settings.where} refused account updates for {account} to client id {client_id} (error "
+                    f"2101: {said}): IB serves one account at a time across all clients and another client held "
+                    f"another account throughout; the items are released and retried"
+                )
+            if request in done:
+                if isinstance(request.exception(), ConnectionError):
+                    raise IBDisconnected(disconnect_text(settings, client_id, f"reqAccountUpdates({account})"))
+                waiting.discard(request)  # ended by another account's download end: ours is still to come
+                continue
             raise IBTimeout(timeout_text(settings, client_id, f"reqAccountUpdates({account})", notices, timeout))
-        try:
-            request.result()
-        except ConnectionError as exc:
-            raise IBDisconnected(disconnect_text(settings, client_id, f"reqAccountUpdates({account})")) from exc
     finally:
-        refused.cancel()
-        unsubscribed.cancel()
+        for future in (request, refused, unsubscribed):
+            future.cancel()
         ib.updatePortfolioEvent -= keep_item
         ib.accountValueEvent -= keep_value
-        wrapper.updateAccountTime = original  # type: ignore[method-assign]
+        wrapper.updateAccountTime = original_time  # type: ignore[method-assign]
+        wrapper.accountDownloadEnd = original_end  # type: ignore[method-assign]
         if ib.isConnected():
             ib.client.reqAccountUpdates(False, account)
     if broken:

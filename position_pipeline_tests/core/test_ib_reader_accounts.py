@@ -11,7 +11,7 @@ import time
 import pytest
 from ib_async import IB
 
-from position_pipeline.core.ib_reader import IBProtocolError, IBSnapshot, client_id_for, read_snapshot
+from position_pipeline.core.ib_reader import IBProtocolError, IBSnapshot, IBTimeout, client_id_for, read_snapshot
 from position_pipeline.ib_gateway_sim import GatewayThread
 from position_pipeline_tests.support.ib_reads import (
     assert_matches_state,
@@ -239,3 +239,16 @@ def test_a_garbage_server_is_a_protocol_error(sim: GatewayThread) -> None:
     sim.set_faults(garbage_after_handshake=True)
     with pytest.raises(IBProtocolError, match="not an account code"):
         read_snapshot(settings_for(sim), {265598}, "garbage-server")
+
+
+@pytest.mark.system  # over 2 s: too slow for the fast tier
+def test_a_late_download_end_of_the_account_before_does_not_end_the_next_download(sim: GatewayThread) -> None:
+    """ib_async ends its request at any accountDownloadEnd: one that outlived its bound arrives while the next
+    account is read, and must not pass for that account's (ib_async PR #165 saw an end naming another account)."""
+    state = state_of(sim)
+    first, second, _ = state.accounts
+    sim.set_faults(reply_delay=1.3)  # every download arrives 0.3 s after its 1-s bound
+    settings = settings_for(sim, connect_timeout=8.0, request_timeout=1.0)
+    with pytest.raises(IBTimeout, match="no account could be read") as caught:
+        read_snapshot(settings, held_only_by(state, first) | held_only_by(state, second), "late-end")
+    assert f"reqAccountUpdates({first})" in str(caught.value) and f"reqAccountUpdates({second})" in str(caught.value)

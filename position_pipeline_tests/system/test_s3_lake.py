@@ -224,6 +224,7 @@ def position_rows(batch: pl.DataFrame, run_id: str) -> pl.DataFrame:
             "snapshot_at": [now] * n,
             "run_id": [run_id] * n,
             "snapshot_date": [now.date()] * n,
+            **{name: [None] * n for name in lake.DESK_VALUES},
         },
         schema=lake.POSITION_UPDATES_SCHEMA,
     )
