@@ -38,9 +38,16 @@ def port_closed(port: int) -> bool:
 
 
 def dagster_home(folder: Path, instance_file: Path = DEV_INSTANCE) -> Path:
-    """`folder` made a DAGSTER_HOME whose dagster.yaml is a copy of `instance_file`."""
+    """`folder` made a DAGSTER_HOME whose dagster.yaml is a copy of `instance_file`; a SQLite instance's storages
+    are created here, once: processes started together (the daemon, its code server, a CLI) each stamp a fresh
+    database's schema version, and two stamps make alembic refuse it ("more than one head present")."""
     folder.mkdir(parents=True)
     shutil.copy(instance_file, folder / "dagster.yaml")
+    if instance_file == DEV_INSTANCE:
+        with instance_at(folder) as instance:
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+            instance.get_latest_materialization_events([dg.AssetKey("position_updates")])
     return folder
 
 
@@ -88,9 +95,13 @@ def wait_until_group_gone(group: int, timeout: float = 15) -> None:
 @contextlib.contextmanager
 def instance_at(home: str | Path) -> Iterator[dg.DagsterInstance]:
     """The Dagster instance in `home`, loaded as the daemon loads it (DAGSTER_HOME set meanwhile, then unset)."""
+    before = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(home)
     try:
         with dg.DagsterInstance.get() as instance:
             yield instance
     finally:
-        del os.environ["DAGSTER_HOME"]
+        if before is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = before
