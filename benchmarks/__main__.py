@@ -28,6 +28,7 @@ NAMES = (
     "positions_read",
     "producers",
     "simulator",
+    "written_check",
 )
 """Every benchmark, in the order `all` runs them."""
 

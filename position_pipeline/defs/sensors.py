@@ -44,6 +44,36 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
 )
 def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
     queue = lake.queue()
+    cursor = _remember_queue_version(json.loads(context.cursor or "{}"), queue.version())
+    result = _sync_tick(context, queue, cursor)
+    if isinstance(result, dg.SkipReason):
+        context.update_cursor(json.dumps(cursor))  # a skipped tick remembers the version it saw too
+    return result
+
+
+class QueueRolledBack(Exception):
+    """The queue's Delta log is older than one the sensor saw: the tick fails, and so every tick until an operator
+    looks (a rolled-back log can show items written back as PENDING again)."""
+
+
+def _remember_queue_version(cursor: dict[str, int], version: int) -> dict[str, int]:
+    """The cursor with the highest queue version seen; QueueRolledBack when `version` is below it."""
+    seen = cursor.get("queue_version", -1)
+    if version < seen:
+        raise QueueRolledBack(
+            f"the queue's Delta log went back from version {seen} to {version}: its latest commits were deleted or "
+            "the table was restored from an older copy, so items written back since may read PENDING again. "
+            "Syncing is stopped. Check positions/position_queue/_delta_log (and restore the missing commits if you "
+            "can), then clear this sensor's cursor to accept the table as it is: `dagster sensor cursor "
+            "position_sync_sensor --delete`, or Edit cursor on the sensor's page in the UI. Rows already in "
+            "position_updates are not written again."
+        )
+    return {**cursor, "queue_version": max(version, seen)}
+
+
+def _sync_tick(
+    context: dg.SensorEvaluationContext, queue: PositionQueue, cursor: dict[str, int]
+) -> dg.SensorResult | dg.SkipReason:
     released = _release_claims_of_finished_runs(context, queue) + _release_expired_claims(context, queue)
     note = f" (gave back {released} items of finished runs)" if released else ""
     active = context.instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME, statuses=_ACTIVE), limit=1)
@@ -61,7 +91,7 @@ def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource
     if next_queued_at is None:
         return dg.SkipReason(f"no claimable items in the queue{note}")
     partition_key = partition_key_for(next_queued_at)
-    tick = json.loads(context.cursor or "{}").get("tick", 0) + 1
+    tick = cursor.get("tick", 0) + 1
     # The tick makes a replayed evaluation reuse its key; the queue version keeps keys new after a cursor reset.
     run_key = f"sync-{tick}-v{queue.version()}"
     return dg.SensorResult(
@@ -73,7 +103,7 @@ def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource
                 tags={"next_queued_at": next_queued_at.isoformat()},
             )
         ],
-        cursor=json.dumps({"tick": tick}),
+        cursor=json.dumps({**cursor, "tick": tick}),
     )
 
 
