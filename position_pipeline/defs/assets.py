@@ -33,6 +33,7 @@ from position_pipeline.defs.give_back import failing_with_cause, give_back_batch
 from position_pipeline.defs.metadata import markdown_table
 from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import IBResource, LakeResource
+from position_pipeline.defs.run_workers import record_worker
 
 GROUP = "positions"
 OWNERS = ["team:trading-data"]
@@ -91,6 +92,7 @@ position_queue = dg.AssetSpec(
 )
 def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake: LakeResource) -> dg.Output:
     window = queued_window(context.partition_time_window)
+    record_worker(context)  # before the claim: the sensor can tell when this process is gone
     batch = lake.queue().claim(
         config.priority,
         config.batch_size,

@@ -12,6 +12,7 @@ from position_pipeline.core.terms import SENSOR_BATCH_SIZE
 from position_pipeline.defs.jobs import SYNC_JOB_NAME, position_sync_job
 from position_pipeline.defs.partitions import partition_key_for
 from position_pipeline.defs.resources import LakeResource
+from position_pipeline.defs.run_workers import give_back_runs_whose_worker_died
 
 INTERVAL_SECONDS = 5
 """The sensor daemon's loop: it evaluates a sensor at most once per 5-second loop (dagster/_daemon/sensor.py)."""
@@ -36,7 +37,9 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
     minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Every 5 s: gives back the claims of sync runs that ended without writing back (and any claim older than "
+        "Every 5 s: stops if the queue's log went back; reports failed any sync run whose worker process is gone "
+        "and gives its claims back at once; gives back the claims of sync runs that ended without writing back (and "
+        "any claim older than "
         f"the {CLAIM_LEASE_SECONDS} s lease), then requests one sync run of {SENSOR_BATCH_SIZE} items for the hour "
         "partition of the next claimable item (priority 1 first, then oldest) when no sync run is queued or in "
         "progress. After failed sync runs it waits 10 s, 20 s, 40 s ... (at most 5 min) before trying again."
@@ -74,7 +77,8 @@ def _remember_queue_version(cursor: dict[str, int], version: int) -> dict[str, i
 def _sync_tick(
     context: dg.SensorEvaluationContext, queue: PositionQueue, cursor: dict[str, int]
 ) -> dg.SensorResult | dg.SkipReason:
-    released = _release_claims_of_finished_runs(context, queue) + _release_expired_claims(context, queue)
+    released = give_back_runs_whose_worker_died(context, queue, list(queue.claims_by_run()), SYNC_JOB_NAME)
+    released += _release_claims_of_finished_runs(context, queue) + _release_expired_claims(context, queue)
     note = f" (gave back {released} items of finished runs)" if released else ""
     active = context.instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME, statuses=_ACTIVE), limit=1)
     if active:
