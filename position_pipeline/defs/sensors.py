@@ -2,6 +2,7 @@
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -77,8 +78,9 @@ def _remember_queue_version(cursor: dict[str, int], version: int) -> dict[str, i
 def _sync_tick(
     context: dg.SensorEvaluationContext, queue: PositionQueue, cursor: dict[str, int]
 ) -> dg.SensorResult | dg.SkipReason:
-    released = give_back_runs_whose_worker_died(context, queue, list(queue.claims_by_run()), SYNC_JOB_NAME)
-    released += _release_claims_of_finished_runs(context, queue) + _release_expired_claims(context, queue)
+    holders = queue.claims_by_run()
+    released = give_back_runs_whose_worker_died(context, queue, list(holders), SYNC_JOB_NAME)
+    released += _release_claims_of_finished_runs(context, queue, holders) + _release_expired_claims(context, queue)
     note = f" (gave back {released} items of finished runs)" if released else ""
     active = context.instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME, statuses=_ACTIVE), limit=1)
     if active:
@@ -140,9 +142,10 @@ def _release_expired_claims(context: dg.SensorEvaluationContext, queue: Position
     return released
 
 
-def _release_claims_of_finished_runs(context: dg.SensorEvaluationContext, queue: PositionQueue) -> int:
+def _release_claims_of_finished_runs(
+    context: dg.SensorEvaluationContext, queue: PositionQueue, holders: Mapping[str, int]
+) -> int:
     """Items stay PROCESSING if their run died between claim and write-back; give them back once the run ended."""
-    holders = queue.claims_by_run()
     if not holders:
         return 0
     records = context.instance.get_run_records(dg.RunsFilter(run_ids=list(holders)))
