@@ -3,8 +3,9 @@
 Exactly once: a run claims its batch in the queue (PROCESSING, claimed_by = run id), appends the rows through the
 Delta IO manager, and only then marks the items SUCCESS or FAILED. A step that fails in between gives the batch
 back at once (`give_back`); a run that dies in between leaves its items PROCESSING, and the sensor gives them back
-to PENDING once Dagster reports the run finished. The next run skips writing the (request_id, account) rows an
-earlier run of the same item already committed.
+to PENDING on its next tick when the run's worker process is gone (`run_workers`), else once Dagster reports the run
+finished. The next run skips writing the (request_id, account) rows an earlier run of the same item already
+committed.
 
 Dagster forbids cycles, so the write-back to the queue is recorded as a materialization of the `position_queue`
 asset: its history in the UI lists every run's write-back.
