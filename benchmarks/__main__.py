@@ -29,6 +29,7 @@ NAMES = (
     "producers",
     "simulator",
     "desk",
+    "written_check",
 )
 """Every benchmark, in the order `all` runs them."""
 

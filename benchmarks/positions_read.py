@@ -96,6 +96,7 @@ def history(*, rows: int, contracts: int, days: int, seed: int = 1) -> pl.DataFr
             snapshot_date=pl.col("snapshot_at").dt.date(),
         )
     )
+    frame = lake.with_desk_values(frame.lazy()).collect()  # null desk values, as rows from before those columns
     return frame.select(lake.POSITION_UPDATES_SCHEMA.names()).cast(lake.POSITION_UPDATES_SCHEMA)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import open_queue
+from position_pipeline.cli.number_args import seconds_argument
 from position_pipeline.cli.output import PROG, print_json
 from position_pipeline.cli.when import when_argument
 
@@ -58,7 +59,11 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     backfill.add_argument("--wait", action="store_true", help="print progress until the backfill is done")
     backfill.add_argument(
-        "--timeout", type=float, default=1800.0, metavar="SECONDS", help="with --wait: give up waiting after this long"
+        "--timeout",
+        type=seconds_argument,
+        default=1800.0,
+        metavar="SECONDS",
+        help="with --wait: give up waiting after this long",
     )
     backfill.set_defaults(handler=run)
 
@@ -73,11 +78,10 @@ def _launch_backfill(args: argparse.Namespace) -> int:
 
     from position_pipeline.defs.backfill import launch_backfill, wait_for_backfill
 
-    if not os.environ.get("DAGSTER_HOME"):
-        print(
-            f"{PROG} backfill: DAGSTER_HOME is not set: point it at the Dagster instance the daemon runs on",
-            file=sys.stderr,
-        )
+    home = os.environ.get("DAGSTER_HOME", "")
+    problem = dagster_home_problem(home)
+    if problem:
+        print(f"{PROG} backfill: {problem}: point it at the Dagster instance the daemon runs on", file=sys.stderr)
         return 1
     queue = open_queue(args.lake)
     now = datetime.now(UTC)
@@ -114,6 +118,20 @@ def _launch_backfill(args: argparse.Namespace) -> int:
         print(f"{PROG} backfill: still {progress.status} after {args.timeout:g} s; see it in the UI", file=sys.stderr)
         return 1
     return 0 if progress.succeeded else 1
+
+
+def dagster_home_problem(home: str) -> str | None:
+    """What is wrong with DAGSTER_HOME `home` for opening the instance, or None: Dagster wants an existing folder
+    given by its absolute path (it raises DagsterInvariantViolationError otherwise)."""
+    if not home.strip():
+        return "DAGSTER_HOME is not set"
+    if not os.path.isabs(home):
+        return f"DAGSTER_HOME {home} is not an absolute path"
+    if not os.path.exists(home):
+        return f"DAGSTER_HOME {home} does not exist"
+    if not os.path.isdir(home):
+        return f"DAGSTER_HOME {home} is not a folder"
+    return None
 
 
 def _print_progress(progress: BackfillProgress) -> None:

@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from position_pipeline.cli.number_args import integer_argument, seconds_argument
+
 if TYPE_CHECKING:
     from position_pipeline.cli.parser import Subcommands
     from position_pipeline.ib_gateway_sim import GatewayState
@@ -49,14 +51,26 @@ def register(commands: Subcommands) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `demo`: the UI port, the simulated gateway's holdings and the producer's pace."""
-    parser.add_argument("--ui-port", type=int, default=3000, help="Dagster UI port on 127.0.0.1 (default: %(default)s)")
-    parser.add_argument("--positions", type=int, default=200, help="positions the gateway holds (default: %(default)s)")
-    parser.add_argument("--accounts", type=int, default=3, help="paper accounts (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=7, help="seed of the simulated state (default: %(default)s)")
     parser.add_argument(
-        "--enqueue-every", type=float, default=3.0, metavar="SECONDS", help="producer interval (default: %(default)s)"
+        "--ui-port", type=integer_argument, default=3000, help="Dagster UI port on 127.0.0.1 (default: %(default)s)"
     )
-    parser.add_argument("--per-tick", type=int, default=10, help="items per producer tick (default: %(default)s)")
+    parser.add_argument(
+        "--positions", type=integer_argument, default=200, help="positions the gateway holds (default: %(default)s)"
+    )
+    parser.add_argument("--accounts", type=integer_argument, default=3, help="paper accounts (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=integer_argument, default=7, help="seed of the simulated state (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--enqueue-every",
+        type=seconds_argument,
+        default=3.0,
+        metavar="SECONDS",
+        help="producer interval (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--per-tick", type=integer_argument, default=10, help="items per producer tick (default: %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from position_pipeline.cli.errors import CommandError, guarded
 from position_pipeline.cli.lake_option import open_queue
 from position_pipeline.cli.output import ITEM_OPTIONS, count, print_json, step_printer
 from position_pipeline.core.terms import Priority
+from position_pipeline.core.text_input import parse_ascii_int
 
 if TYPE_CHECKING:
     from position_pipeline.cli.parser import Subcommands
@@ -97,8 +98,11 @@ def _enqueue_one(args: argparse.Namespace) -> int:
 
 
 def _enqueue_file(args: argparse.Namespace) -> int:
+    from position_pipeline.core.queue.inputs import check_regular_file
+
     path = args.from_file
     try:
+        check_regular_file(path)  # before any open(): a FIFO would block it
         with open(path, "rb"):
             pass
     except OSError as exc:
@@ -120,11 +124,11 @@ def _enqueue_file(args: argparse.Namespace) -> int:
 
 
 def _integer_option(field: str, text: str, problems: list[tuple[str, str]]) -> int | None:
-    """An option's integer, or None with the problem recorded; range checks are the queue's."""
+    """An option's integer, or None with the problem recorded; the CSV cells' parser, range checks the queue's."""
     try:
-        return int(text.strip())
-    except ValueError:
-        problems.append((field, f"must be an integer, got {text!r}"))
+        return parse_ascii_int(text)
+    except ValueError as exc:
+        problems.append((field, str(exc)))
         return None
 
 
@@ -136,7 +140,7 @@ def _priority_option(text: str | None, problems: list[tuple[str, str]]) -> int |
     if name in Priority.__members__:
         return int(Priority[name])
     try:
-        return int(text.strip())
+        return parse_ascii_int(text)
     except ValueError:
         names = " or ".join(f"{int(p)} ({p.name.lower()})" for p in Priority)
         problems.append(("priority", f"must be {names}, got {text!r}"))

@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from position_pipeline.cli.errors import CommandError
 from position_pipeline.core.terms import LAKE_URI_VARIABLE as LAKE_ENV
 
 if TYPE_CHECKING:
@@ -35,12 +36,19 @@ def lake_argument(text: str) -> str:
 
 
 def resolve_lake(option: str | None) -> str:
-    """The lake root: the --lake value, else $POSITION_LAKE_URI, else ./.lake; a local folder made absolute."""
-    if option is None:
-        from position_pipeline.core import lake
+    """The lake root: the --lake value, else $POSITION_LAKE_URI, else ./.lake; a local folder made absolute.
 
-        option = lake.lake_root()
-    return lake_argument(option)
+    CommandError when a local root, or the folder its tables live in, exists and is not a folder: that is no lake,
+    and reading it must not answer "no table yet"."""
+    from position_pipeline.core import lake
+
+    root = lake_argument(lake.lake_root() if option is None else option)
+    if lake.uri_scheme(root) in lake.LOCAL_SCHEMES:
+        local = root.split("://", 1)[-1]
+        for path in (local, os.path.join(local, lake.SCHEMA_NAME)):
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise CommandError(f"the lake root {root} is not a folder: {path} is a file (--lake, {LAKE_ENV})")
+    return root
 
 
 def queue_uri(option: str | None) -> str:

@@ -1,6 +1,9 @@
 """How every `position-pipeline` command writes: JSON on stdout, counted nouns, aligned grids, one-line messages,
 ages, progress lines and refused input on stderr. Written once here so that the commands print alike.
 
+Text for a person goes out through `say` (and grids and messages through `printable`), so a value read from the
+lake never reaches the terminal with a control character in it; JSON escapes them itself.
+
 Standard library only (the queue's error type is imported for type checking alone), so the parser stays fast.
 """
 
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from position_pipeline.core.text_input import printable
 from position_pipeline.core.time_text import age_text
 
 if TYPE_CHECKING:
@@ -27,6 +31,11 @@ PROBLEMS_SHOWN = 20
 
 MESSAGE_WIDTH = 80
 """Longest error message in text output (JSON carries the whole message)."""
+
+
+def say(*lines: str, file: Any = None) -> None:
+    """Print each line for a person, through `printable`: control characters in values show escaped (\\x1b)."""
+    print("\n".join(printable(line) for line in lines), file=file)
 
 
 def print_json(value: dict[str, Any]) -> None:
@@ -46,7 +55,7 @@ def count(n: int, noun: str) -> str:
 
 def grid(header: Sequence[str] | None, rows: Sequence[Sequence[str]], align: str | None = None) -> list[str]:
     """Aligned columns two spaces apart; `align` is one of < or > per column (default: first left, rest right)."""
-    table = [list(header), *rows] if header is not None else [list(r) for r in rows]
+    table = [[printable(cell) for cell in row] for row in ([header, *rows] if header is not None else rows)]
     if not table:
         return []
     columns = len(table[0])
@@ -65,7 +74,7 @@ def indent(lines: list[str], spaces: int = 2) -> list[str]:
 
 def one_line(message: str | None) -> str:
     """A message on one line (runs of whitespace, newlines included, become one space), cut at MESSAGE_WIDTH."""
-    text = " ".join((message or "").split())
+    text = printable(" ".join((message or "").split()))
     return text if len(text) <= MESSAGE_WIDTH else text[: MESSAGE_WIDTH - 3] + "..."
 
 

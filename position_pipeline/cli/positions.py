@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake, table_exists
-from position_pipeline.cli.output import count, grid
+from position_pipeline.cli.output import count, grid, printable
 from position_pipeline.core.positions import AGE, VALUES_AGE, latest_positions
 from position_pipeline.core.time_text import age_text, iso_microseconds, iso_seconds
 
@@ -61,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
     """Print the latest positions (exit 0), or a one-line error on stderr when the lake cannot be read (exit 1)."""
     import polars as pl
 
-    root = resolve_lake(args.lake)
     as_of = args.as_of if args.as_of is not None else datetime.now(UTC)
+    root = ""
     frame = None
 
     def read() -> int:
-        nonlocal frame
+        nonlocal frame, root
+        root = resolve_lake(args.lake)
         frame = latest_positions(root, as_of=as_of, account=args.account)
         return 0
 
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = _title(root, frame, args.account, as_of) + "\n"
         text += to_table(frame) + "\n" if frame.height else ""
+    if args.format != "json":  # JSON escapes control characters itself
+        text = "\n".join(printable(line) for line in text.split("\n"))
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -119,6 +122,10 @@ def _timestamp(text: str) -> datetime:
         raise argparse.ArgumentTypeError(
             f"{text!r} has no timezone; add Z or an offset (e.g. {_EXAMPLE_TIME} or 2026-11-24T10:00:00-05:00)"
         )
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: in UTC it falls outside years 1 to 9999") from None
     return moment
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from position_pipeline.cli.errors import CommandError, guarded
 from position_pipeline.cli.lake_option import open_queue, queue_uri, table_exists
-from position_pipeline.cli.output import count, print_json, step_printer
+from position_pipeline.cli.output import count, print_json, say, step_printer
 from position_pipeline.core.terms import QueueStatus
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _import_legacy(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        print("\n".join(_import_text(report)))
+        say(*_import_text(report))
     return 0
 
 
@@ -178,8 +178,8 @@ def _print_counts(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"table": uri, "exists": exists, "counts": by_name, "total": total})
         return 0
-    print(f"Position queue {uri}" + ("" if exists else " (no table yet)"))
+    say(f"Position queue {uri}" + ("" if exists else " (no table yet)"))
     width = max(len(name) for name in [*by_name, "total"])
     for name, n in [*by_name.items(), ("total", total)]:
-        print(f"  {name:<{width}}  {n:>9,}")
+        say(f"  {name:<{width}}  {n:>9,}")
     return 0

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import open_queue, queue_uri, table_exists
-from position_pipeline.cli.output import count, grid, indent, one_line, print_json
+from position_pipeline.cli.output import count, grid, indent, one_line, print_json, say
 from position_pipeline.cli.when import when_argument
 from position_pipeline.core.status import FailedItem
 from position_pipeline.core.time_text import iso, iso_seconds
@@ -88,7 +88,7 @@ def _requeue_failed(args: argparse.Namespace) -> int:
             print_json({"table": uri, "exists": exists, "since": iso(since), "dry_run": False, "requeued": requeued})
         else:
             done = ": PENDING again, attempts reset to 0" if requeued else ""
-            print(f"Requeued {count(requeued, 'FAILED item')}{which} in {where}{done}")
+            say(f"Requeued {count(requeued, 'FAILED item')}{which} in {where}{done}")
         return 0
 
     frame = queue.failed_items(since) if exists else None
@@ -105,9 +105,9 @@ def _requeue_failed(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    print(f"Would requeue {count(len(items), 'FAILED item')}{which} in {where}; dry run, nothing written")
+    say(f"Would requeue {count(len(items), 'FAILED item')}{which} in {where}; dry run, nothing written")
     if items:
-        print(f"  newest failures first (at most {SHOWN})")
+        say(f"  newest failures first (at most {SHOWN})")
         rows = [
             [
                 iso_seconds(item.failed_at),
@@ -119,5 +119,5 @@ def _requeue_failed(args: argparse.Namespace) -> int:
             for item in items[:SHOWN]
         ]
         header = ["failed at", "attempts", "conid", "symbol", "last error"]
-        print("\n".join(indent(grid(header, rows, align="<>><<"), 4)))
+        say(*indent(grid(header, rows, align="<>><<"), 4))
     return 0

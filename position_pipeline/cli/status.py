@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake
-from position_pipeline.cli.output import age, count, grid, indent, one_line, thousands
+from position_pipeline.cli.output import age, count, grid, indent, one_line, say, thousands
 from position_pipeline.core.status import (
     RECENT_FAILURES,
     Status,
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "json", False):
             print(json.dumps(status.to_json()))
         else:
-            print("\n".join(format_text(status)))
+            say(*format_text(status))
         return 0
 
     return guarded("status", report, also=(PolarsError,))

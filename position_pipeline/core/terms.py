@@ -37,6 +37,11 @@ IB_PORT = 4002
 IB_CLIENT_ID = 100
 """First client id of this code location's range (TWS binds manual orders to id 0, so never 0)."""
 IB_CLIENT_ID_SPAN = 100
+IB_PORT_MAX = 65_535
+"""The highest TCP port; a port is 1 to this."""
+IB_CLIENT_ID_MAX = 2**31 - 1
+"""IB's API sends the client id as a signed 32-bit int: the last id of a range (client id + span - 1) is at most
+this."""
 IB_GATEWAY_TZ = "America/New_York"
 """The gateway's time zone (an IANA name): IB's account update time is a bare HH:MM in the zone the gateway was
 logged in with. IB's own zone (its daily and weekly resets are set in US Eastern time) and the usual setting of

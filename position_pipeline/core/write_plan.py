@@ -1,7 +1,8 @@
 """What position_updates appends for a batch, and the write-back to the queue once the append is committed.
 
 Exactly once, per row key (request_id, account): a run appends a batch's rows only while it still holds every claim
-and no later than the write fence, skips the keys an earlier run of the same items committed before dying, and marks
+and no later than the write fence, skips the keys position_updates already holds for its items (an earlier run that
+died after its append, a queue log rolled back past a write-back), and marks
 the items SUCCESS or FAILED only after its append. `plan_write` decides (or refuses) before the append;
 `apply_write_back` marks the items after it. No Dagster here: the `position_updates` asset raises a refusal as the
 run's failure and shows the metadata.
@@ -197,12 +198,13 @@ def _claims_refusal(request_ids: list[str], run_id: str, queue: PositionQueue) -
 def _already_written(
     root_uri: str, results: pl.DataFrame, storage_options: lake.StorageOptions | None
 ) -> set[tuple[str, str]]:
-    """Row keys that an earlier run of the same items committed before dying (only re-claimed items can have one)."""
-    again = results.filter(pl.col("claims") > 1)
-    if again.is_empty():
+    """Row keys that an earlier run of the same items committed: looked up for every item, not only re-claimed
+    ones, since a queue log rolled back past a write-back shows a written item as never claimed (`claims` 0).
+    Reads the key columns of the partitions from the batch's oldest queued day on (benchmarks/written_check.py)."""
+    if results.is_empty():
         return set()
-    since = again["queued_at"].min().date()  # type: ignore[union-attr]
-    return existing_row_keys(root_uri, again["request_id"].unique().to_list(), since, storage_options)
+    since = results["queued_at"].min().date()  # type: ignore[union-attr]
+    return existing_row_keys(root_uri, results["request_id"].unique().to_list(), since, storage_options)
 
 
 def existing_row_keys(

@@ -1,10 +1,11 @@
 """The asset graph: position_queue (written by producers) -> queued_positions -> ib_snapshot -> position_updates.
 
 Exactly once: a run claims its batch in the queue (PROCESSING, claimed_by = run id), appends the rows through the
-Delta IO manager, and only then marks the items SUCCESS or FAILED. A run that dies in between leaves its items
-PROCESSING; the sensor gives them back to PENDING once Dagster reports the run finished, and the next run skips
-writing the (request_id, account) rows an earlier run of the same item already committed (`claims > 1` items are
-checked).
+Delta IO manager, and only then marks the items SUCCESS or FAILED. A step that fails in between gives the batch
+back at once (`give_back`); a run that dies in between leaves its items PROCESSING, and the sensor gives them back
+to PENDING on its next tick when the run's worker process is gone (`run_workers`), else once Dagster reports the run
+finished. The next run skips writing the (request_id, account) rows an earlier run of the same item already
+committed.
 
 Dagster forbids cycles, so the write-back to the queue is recorded as a materialization of the `position_queue`
 asset: its history in the UI lists every run's write-back.
@@ -30,9 +31,11 @@ from position_pipeline.core.sync import (
 )
 from position_pipeline.core.terms import BACKFILL_BATCH_SIZE, MAX_ATTEMPTS, SENSOR_BATCH_SIZE
 from position_pipeline.core.write_plan import WriteRefusal, apply_write_back, plan_write
+from position_pipeline.defs.give_back import failing_with_cause, give_back_batch, step_failure
 from position_pipeline.defs.metadata import markdown_table
 from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import IBResource, LakeResource
+from position_pipeline.defs.run_workers import record_worker
 
 GROUP = "positions"
 OWNERS = ["team:trading-data"]
@@ -43,8 +46,10 @@ _SYNC: dict[str, Any] = {
     "backfill_policy": dg.BackfillPolicy.single_run(),
     "group_name": GROUP,
     "owners": OWNERS,
+    "hooks": {give_back_batch},
 }
-"""Shared by the three sync assets: one hour partition per queued hour, a backfill of any range in one run."""
+"""Shared by the three sync assets: one hour partition per queued hour, a backfill of any range in one run, and
+a failed step gives the run's batch back at once (`give_back`)."""
 
 
 class SyncConfig(dg.Config):
@@ -89,6 +94,7 @@ position_queue = dg.AssetSpec(
 )
 def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake: LakeResource) -> dg.Output:
     window = queued_window(context.partition_time_window)
+    record_worker(context)  # before the claim: the sensor can tell when this process is gone
     batch = lake.queue().claim(
         config.priority,
         config.batch_size,
@@ -141,13 +147,16 @@ def ib_snapshot(
             description=str(exc),
             metadata={"gateway": f"{settings.host}:{settings.port}", "items_released": released},
         ) from exc
-    back = given_back(queued_positions, snapshot)
-    if back:  # accounts whose download failed: their items go back unjudged, the others' rows are written
-        lake.queue().release(list(back), claimed_by=context.run_id)
-        for account, why in snapshot.unavailable.items():
-            context.log.warning(f"account {account} not read, its items given back for a later run: {why}")
-    results = snapshot_results(queued_positions.filter(~pl.col("request_id").is_in(list(back))), snapshot)
-    summary = {**read_summary(results, snapshot), "given_back": len(back)}
+    except Exception as exc:
+        raise step_failure("the IB read", exc) from exc
+    with failing_with_cause("building the results of the IB read"):
+        back = given_back(queued_positions, snapshot)
+        if back:  # accounts whose download failed: their items go back unjudged, the others' rows are written
+            lake.queue().release(list(back), claimed_by=context.run_id)
+            for account, why in snapshot.unavailable.items():
+                context.log.warning(f"account {account} not read, its items given back for a later run: {why}")
+        results = snapshot_results(queued_positions.filter(~pl.col("request_id").is_in(list(back))), snapshot)
+        summary = {**read_summary(results, snapshot), "given_back": len(back)}
     for line in position_moves(snapshot):
         context.log.warning(f"position changed between reqPositions and the account download: {line}")
     for line in missing_rates(results):
@@ -181,7 +190,8 @@ def ib_snapshot(
 )
 def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFrame, lake: LakeResource):  # type: ignore[no-untyped-def]
     queue = lake.queue()
-    plan = plan_write(ib_snapshot, context.run_id, queue, lake.root_uri, lake.storage_options())
+    with failing_with_cause("planning the append to position_updates"):
+        plan = plan_write(ib_snapshot, context.run_id, queue, lake.root_uri, lake.storage_options())
     if plan.already_written:
         context.log.warning(
             f"{len(plan.already_written)} items have rows from an earlier run that died; not written again"
@@ -195,7 +205,8 @@ def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFram
         },
     )
     # The IO manager has committed the append at this point: only now is it safe to mark the items done.
-    written = apply_write_back(plan, queue)
+    with failing_with_cause("the write-back to the queue after the append"):
+        written = apply_write_back(plan, queue)
     if written.other_writer:
         context.log.warning(
             f"another writer committed to position_updates meanwhile: now at version {written.version_after}"

@@ -59,11 +59,31 @@ class IBResource(dg.ConfigurableResource):
         "a bare HH:MM in the zone the gateway was logged in with.",
     )
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse bad settings when a run builds the resource, before any step claims an item."""
+        self.settings()
+
     def settings(self) -> IBSettings:
-        for name in ("port", "client_id", "client_id_span", "connect_timeout", "request_timeout", "read_budget"):
-            if getattr(self, name) < 1:
+        """The validated settings; DagsterInvalidConfigError naming the field and its variable when one is out of
+        range (ports 1-65535; client ids 1 to 2**31-1, the whole range included; span and timeouts at least 1)."""
+        ids_left = terms.IB_CLIENT_ID_MAX - self.client_id + 1  # the span that still fits IB's 32-bit client id
+        bounds = {
+            "port": (1, terms.IB_PORT_MAX),
+            "client_id": (1, terms.IB_CLIENT_ID_MAX),
+            "client_id_span": (1, ids_left),
+            "connect_timeout": (1, None),
+            "request_timeout": (1, None),
+            "read_budget": (1, None),
+        }
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            where = f"{value} (IB_{name.upper()})"
+            if value < low:
+                raise dg.DagsterInvalidConfigError(f"IBResource.{name} must be at least {low}, got {where}", [], None)
+            if high is not None and value > high:
+                why = ": IB's client id is a 32-bit int, up to 2**31-1 for the range's last id" if "id" in name else ""
                 raise dg.DagsterInvalidConfigError(
-                    f"IBResource.{name} must be at least 1, got {getattr(self, name)}", [], None
+                    f"IBResource.{name} must be at most {high}, got {where}{why}", [], None
                 )
         try:
             gateway_zone(self.gateway_tz)
@@ -90,6 +110,14 @@ class LakeResource(dg.ConfigurableResource):
     """Where the queue and position_updates live: a local folder or an object-store URI (POSITION_LAKE_URI)."""
 
     root_uri: str = Field(description="Lake root (POSITION_LAKE_URI); tables live under {root_uri}/positions/.")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse a blank root or an unsupported scheme when a run or the sensor builds the resource."""
+        try:
+            lake.table_uri(self.root_uri, lake.QUEUE_TABLE)
+            self.storage_options()
+        except ValueError as exc:
+            raise dg.DagsterInvalidConfigError(f"LakeResource.root_uri: {exc}", [], None) from exc
 
     def storage_options(self) -> lake.StorageOptions | None:
         """delta-rs options for this lake, from the environment of the process using it (a run, the sensor)."""

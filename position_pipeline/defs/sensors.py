@@ -2,6 +2,7 @@
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -12,6 +13,7 @@ from position_pipeline.core.terms import SENSOR_BATCH_SIZE
 from position_pipeline.defs.jobs import SYNC_JOB_NAME, position_sync_job
 from position_pipeline.defs.partitions import partition_key_for
 from position_pipeline.defs.resources import LakeResource
+from position_pipeline.defs.run_workers import give_back_runs_whose_worker_died
 
 INTERVAL_SECONDS = 5
 """The sensor daemon's loop: it evaluates a sensor at most once per 5-second loop (dagster/_daemon/sensor.py)."""
@@ -36,7 +38,9 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
     minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Every 5 s: gives back the claims of sync runs that ended without writing back (and any claim older than "
+        "Every 5 s: stops if the queue's log went back; reports failed any sync run whose worker process is gone "
+        "and gives its claims back at once; gives back the claims of sync runs that ended without writing back (and "
+        "any claim older than "
         f"the {CLAIM_LEASE_SECONDS} s lease), then requests one sync run of {SENSOR_BATCH_SIZE} items for the hour "
         "partition of the next claimable item (priority 1 first, then oldest) when no sync run is queued or in "
         "progress. After failed sync runs it waits 10 s, 20 s, 40 s ... (at most 5 min) before trying again."
@@ -44,7 +48,39 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
 )
 def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
     queue = lake.queue()
-    released = _release_claims_of_finished_runs(context, queue) + _release_expired_claims(context, queue)
+    cursor = _remember_queue_version(json.loads(context.cursor or "{}"), queue.version())
+    result = _sync_tick(context, queue, cursor)
+    if isinstance(result, dg.SkipReason):
+        context.update_cursor(json.dumps(cursor))  # a skipped tick remembers the version it saw too
+    return result
+
+
+class QueueRolledBack(Exception):
+    """The queue's Delta log is older than one the sensor saw: the tick fails, and so every tick until an operator
+    looks (a rolled-back log can show items written back as PENDING again)."""
+
+
+def _remember_queue_version(cursor: dict[str, int], version: int) -> dict[str, int]:
+    """The cursor with the highest queue version seen; QueueRolledBack when `version` is below it."""
+    seen = cursor.get("queue_version", -1)
+    if version < seen:
+        raise QueueRolledBack(
+            f"the queue's Delta log went back from version {seen} to {version}: its latest commits were deleted or "
+            "the table was restored from an older copy, so items written back since may read PENDING again. "
+            "Syncing is stopped. Check positions/position_queue/_delta_log (and restore the missing commits if you "
+            "can), then clear this sensor's cursor to accept the table as it is: `dagster sensor cursor "
+            "position_sync_sensor --delete`, or Edit cursor on the sensor's page in the UI. Rows already in "
+            "position_updates are not written again."
+        )
+    return {**cursor, "queue_version": max(version, seen)}
+
+
+def _sync_tick(
+    context: dg.SensorEvaluationContext, queue: PositionQueue, cursor: dict[str, int]
+) -> dg.SensorResult | dg.SkipReason:
+    holders = queue.claims_by_run()
+    released = give_back_runs_whose_worker_died(context, queue, list(holders), SYNC_JOB_NAME)
+    released += _release_claims_of_finished_runs(context, queue, holders) + _release_expired_claims(context, queue)
     note = f" (gave back {released} items of finished runs)" if released else ""
     active = context.instance.get_run_records(dg.RunsFilter(job_name=SYNC_JOB_NAME, statuses=_ACTIVE), limit=1)
     if active:
@@ -61,7 +97,7 @@ def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource
     if next_queued_at is None:
         return dg.SkipReason(f"no claimable items in the queue{note}")
     partition_key = partition_key_for(next_queued_at)
-    tick = json.loads(context.cursor or "{}").get("tick", 0) + 1
+    tick = cursor.get("tick", 0) + 1
     # The tick makes a replayed evaluation reuse its key; the queue version keeps keys new after a cursor reset.
     run_key = f"sync-{tick}-v{queue.version()}"
     return dg.SensorResult(
@@ -73,7 +109,7 @@ def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource
                 tags={"next_queued_at": next_queued_at.isoformat()},
             )
         ],
-        cursor=json.dumps({"tick": tick}),
+        cursor=json.dumps({**cursor, "tick": tick}),
     )
 
 
@@ -106,9 +142,10 @@ def _release_expired_claims(context: dg.SensorEvaluationContext, queue: Position
     return released
 
 
-def _release_claims_of_finished_runs(context: dg.SensorEvaluationContext, queue: PositionQueue) -> int:
+def _release_claims_of_finished_runs(
+    context: dg.SensorEvaluationContext, queue: PositionQueue, holders: Mapping[str, int]
+) -> int:
     """Items stay PROCESSING if their run died between claim and write-back; give them back once the run ended."""
-    holders = queue.claims_by_run()
     if not holders:
         return 0
     records = context.instance.get_run_records(dg.RunsFilter(run_ids=list(holders)))

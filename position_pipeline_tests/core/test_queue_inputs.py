@@ -77,7 +77,9 @@ def test_insert_refuses_bad_single_item(queue: PositionQueue, uri: str) -> None:
         pytest.param("conid,symbol\n1,A\n2,B\nabc,C\n4,D\n", 2, 4, "conid", id="bad-conid"),
         pytest.param("conid,symbol\n1,A\n\n2,\n", 1, 4, "symbol", id="blank-symbol-after-blank-line"),
         pytest.param("conid,symbol,priority\n1,A,1\n2,B,5\n", 1, 3, "priority", id="unknown-priority"),
-        pytest.param('conid,symbol\n1,"multi\nline"\n-2,B\n', 1, 4, "conid", id="quoted-newline"),
+        # A quoted newline still counts as a line; inside a symbol it is refused, at its end it is stripped.
+        pytest.param('conid,symbol\n1,"multi\n"\n-2,B\n', 1, 4, "conid", id="quoted-newline"),
+        pytest.param('conid,symbol\n1,"multi\nline"\n-2,B\n', 0, 2, "symbol", id="newline-in-a-symbol"),
         pytest.param("conid,symbol\n1,A,extra\n", 0, 2, "row", id="too-many-fields"),
         pytest.param("conid,symbol\n1\n", 0, 2, "symbol", id="too-few-fields"),
         pytest.param("conid,ticker\n1,A\n", None, 1, "symbol", id="missing-column"),

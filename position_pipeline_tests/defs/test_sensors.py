@@ -16,7 +16,7 @@ from position_pipeline.core.terms import SENSOR_BATCH_SIZE
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.defs.partitions import hour_key, partition_key_for, queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import LakeResource
-from position_pipeline.defs.sensors import position_sync_sensor
+from position_pipeline.defs.sensors import QueueRolledBack, position_sync_sensor
 
 
 def evaluate(instance: dg.DagsterInstance, root: str, cursor: str | None = None) -> dg.SensorResult | dg.SkipReason:
@@ -43,7 +43,7 @@ def test_requests_one_run_with_a_new_run_key_and_cursor(instance: dg.DagsterInst
     first = evaluate(instance, root)
     assert isinstance(first, dg.SensorResult)
     assert [r.run_key for r in first.run_requests or []] == [f"sync-1-v{version}"]
-    assert json.loads(first.cursor or "") == {"tick": 1}
+    assert json.loads(first.cursor or "") == {"tick": 1, "queue_version": version}
     second = evaluate(instance, root, cursor=first.cursor)
     assert isinstance(second, dg.SensorResult)
     assert [r.run_key for r in second.run_requests or []] == [f"sync-2-v{version}"]
@@ -191,3 +191,28 @@ def test_the_sensor_is_due_on_every_loop_of_the_sensor_daemon() -> None:
 
     interval = position_sync_sensor.minimum_interval_seconds
     assert interval is not None and 0 < interval < MIN_INTERVAL_LOOP_TIME
+
+
+def test_every_tick_remembers_the_highest_queue_version_it_saw(instance: dg.DagsterInstance, root: str) -> None:
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    queue.insert(265598, "AAPL")
+    queue.mark_success(queue.read()["request_id"].to_list())  # nothing claimable: the tick skips
+    context = dg.build_sensor_context(instance=instance, resources={"lake": LakeResource(root_uri=root)})
+    assert isinstance(position_sync_sensor(context), dg.SkipReason)
+    assert json.loads(context.cursor or "") == {"queue_version": queue.version()}
+
+
+def test_a_queue_version_below_the_one_seen_stops_syncing_with_what_happened(
+    instance: dg.DagsterInstance, root: str
+) -> None:
+    """A rolled-back log (commits deleted, an older copy restored): the tick fails rather than sync on it."""
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    queue.insert(265598, "AAPL")
+    seen = json.dumps({"tick": 4, "queue_version": queue.version() + 2})
+    with pytest.raises(QueueRolledBack) as refused:
+        evaluate(instance, root, cursor=seen)
+    message = str(refused.value)
+    assert f"went back from version {queue.version() + 2} to {queue.version()}" in message
+    assert "dagster sensor cursor position_sync_sensor --delete" in message
+    assert set(queue.read()["status"].to_list()) == {QueueStatus.PENDING}  # nothing claimed, nothing released
+    assert isinstance(evaluate(instance, root, cursor=None), dg.SensorResult)  # a cleared cursor accepts the table

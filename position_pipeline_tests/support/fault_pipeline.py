@@ -189,6 +189,8 @@ class Pipeline:
         result = position_sync_sensor(context)
         if isinstance(result, dg.SensorResult) and result.cursor is not None:
             self.cursor = result.cursor
+        elif context.cursor_updated:  # a skipped tick keeps the highest queue version it saw
+            self.cursor = context.cursor
         return result  # type: ignore[return-value]
 
     def request(self) -> dg.RunRequest:

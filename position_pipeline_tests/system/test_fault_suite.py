@@ -25,11 +25,14 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from position_pipeline.core import lake
 from position_pipeline.core.ib_reader import client_id_for
 from position_pipeline.defs.resources import IBResource
+from position_pipeline.defs.sensors import QueueRolledBack
 from position_pipeline.ib_gateway_sim import GatewayThread
 from position_pipeline_tests.support.fault_pipeline import Pipeline
 from position_pipeline_tests.support.waiting import wait_until
@@ -171,3 +174,60 @@ def test_items_queued_before_the_first_partition_or_ahead_of_the_clock_are_not_s
     p.enqueue(10, not_held=1, start=20)
     p.drain()
     p.check("queued before the first partition / ahead of the clock")
+
+
+# --- Failures that are not IB's, and a queue log that went back (issue 15) ------------------------------------------
+
+
+INJECTED_FAILURES = {
+    "the IB read": "position_pipeline.defs.resources.read_snapshot",
+    "building the results": "position_pipeline.defs.assets.snapshot_results",
+    "building the rows": "position_pipeline.core.write_plan.position_update_rows",
+    "the append": "dagster_deltalake.handler.write_deltalake",
+    "the write-back": "position_pipeline.core.queue.PositionQueue.mark_success",
+}
+
+
+@pytest.mark.parametrize("step", list(INJECTED_FAILURES))
+def test_a_non_ib_exception_at_any_step_gives_the_batch_back_in_the_same_run(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    p = pipeline
+    ids = p.enqueue(30, not_held=3)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"injected failure in {step}")
+
+    monkeypatch.setattr(INJECTED_FAILURES[step], fail)
+    result = p.tick_and_run()
+    monkeypatch.undo()
+    p.failed_run_gave_items_back(result, ids, "injected failure" if step != "the append" else "handling output")
+    assert p.queue.claims_by_run() == {}  # nothing PROCESSING once the failed run is over, not after the lease
+    p.skip_backoff()
+    p.drain()
+    p.check(f"non-IB exception in {step}")
+
+
+def test_a_rolled_back_queue_log_stops_the_sensor_and_writes_no_second_row(pipeline: Pipeline) -> None:
+    """The queue's newest commits (the claim and the write-back of a good run) deleted: its items read PENDING with
+    claims 0 again. The sensor refuses to go on; once the operator accepts the table, no item gets a second row."""
+    p = pipeline
+    p.enqueue(30, not_held=3)
+    enqueued_at = p.queue.version()
+    p.drain()
+    assert p.queue.version() > enqueued_at
+    p.tick()  # a tick after the run: the cursor now holds the queue's newest version
+    log = Path(lake.table_uri(p.root, lake.QUEUE_TABLE)) / "_delta_log"
+    newest = p.queue.version()
+    for version in range(enqueued_at + 1, newest + 1):
+        (log / f"{version:020d}.json").unlink()
+    assert set(p.queue.read()["status"].to_list()) == {"PENDING"} and set(p.queue.read()["claims"].to_list()) == {0}
+
+    with pytest.raises(QueueRolledBack, match=f"went back from version {newest} to {enqueued_at}") as refused:
+        p.tick()
+    assert "dagster sensor cursor position_sync_sensor --delete" in str(refused.value)
+    assert p.queue.claims_by_run() == {} and p.queue.version() == enqueued_at  # nothing claimed or written
+
+    p.cursor = None  # what the operator does once they accept the table as it is
+    p.drain()
+    p.check("queue log rolled back past a good run")

@@ -20,6 +20,7 @@ from position_pipeline.core import lake
 from position_pipeline.core.leases import CLAIM_LEASE_SECONDS, MAX_RUNTIME_SECONDS
 from position_pipeline.defs.jobs import SYNC_JOB_NAME
 from position_pipeline.defs.partitions import hour_key
+from position_pipeline.defs.run_workers import WORKER_TAG
 from position_pipeline_tests.support import REPO
 from position_pipeline_tests.support.fault_pipeline import (
     NOT_HELD_SYMBOL,
@@ -38,12 +39,17 @@ pytestmark = pytest.mark.timeout(120)
 
 _POINTS_WRITTEN_BACK = {"after_mark_success", "after_mark_failed", "before_step_success", "before_run_success"}
 _POINTS_APPENDED = {"after_delta_commit"} | _POINTS_WRITTEN_BACK
+_SENSOR_SEES = ("after_claim", "mid_account_download", "after_delta_commit", "after_mark_success")
+"""Kill points where the sensor itself finds the dead worker: before the IB read, in it, after the append, after
+the write-back."""
 
 
 @pytest.mark.parametrize(
     ("point", "recovery"),
-    [(name, "run monitoring") for name in KILL_POINTS] + [("after_delta_commit", "lease")],
-    ids=[*KILL_POINTS, "after_delta_commit-lease"],
+    [(name, "run monitoring") for name in KILL_POINTS]
+    + [("after_delta_commit", "lease")]
+    + [(name, "sensor") for name in _SENSOR_SEES],
+    ids=[*KILL_POINTS, "after_delta_commit-lease", *(f"{name}-sensor" for name in _SENSOR_SEES)],
 )
 def test_run_worker_killed(pipeline: Pipeline, point: str, recovery: str) -> None:
     """The worker dies by SIGKILL at `point` in a process of its own; the run record it leaves says STARTED."""
@@ -70,7 +76,13 @@ def test_run_worker_killed(pipeline: Pipeline, point: str, recovery: str) -> Non
     assert len(set(rows_of_dead_run)) == (20 if point in _POINTS_APPENDED else 0)
     held = p.queue.claims_by_run().get(run_id, 0)
 
-    if recovery == "run monitoring":
+    if recovery == "sensor":
+        # The sensor sees the worker's process is gone (its run tag names it): it reports the run failed through the
+        # instance and gives its claims back on the same tick, without waiting for the claims to age.
+        assert p.instance.get_run_by_id(run_id).tags.get(WORKER_TAG)  # type: ignore[union-attr]
+        p.skip_backoff()
+        assert p.instance.get_run_by_id(run_id) is None  # failed, then forgotten by skip_backoff
+    elif recovery == "run monitoring":
         # In production run monitoring (dagster.yaml: run_monitoring) sees that the worker is gone, or the run's max
         # runtime pass, and marks the run failed. Reported here directly, as monitoring would, instead of running
         # the monitoring daemon. The next tick gives the dead run's claims back (and backs off after the failure).
@@ -78,7 +90,10 @@ def test_run_worker_killed(pipeline: Pipeline, point: str, recovery: str) -> Non
         p.instance.report_run_failed(dead, message="run worker killed (fault suite)")
         p.skip_backoff()
     else:
-        # Nobody reports the run finished (monitoring off or down too). The sensor waits for the STARTED run...
+        # A worker the sensor cannot see (another machine: its tag names another host), and nobody reports the run
+        # finished (monitoring off or down too). The sensor waits for the STARTED run...
+        tag = p.instance.get_run_by_id(run_id).tags[WORKER_TAG]  # type: ignore[union-attr]
+        p.instance.add_run_tags(run_id, {WORKER_TAG: "another-host" + tag[tag.index("|") :]})
         skip = p.tick()
         assert isinstance(skip, dg.SkipReason) and run_id in (skip.skip_message or "")
         # ...and the claims come back when the lease expires: as the sensor's release_stale will, lease time later.

@@ -10,11 +10,13 @@ import csv
 import numbers
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from position_pipeline.core.terms import Priority
+from position_pipeline.core.text_input import control_characters, parse_ascii_int
 
 Progress = Callable[[str], None]
 """Hears one line at each step of a long operation (a large CSV, an import): the command prints them."""
@@ -22,7 +24,6 @@ PROGRESS_EVERY = 100_000
 """Rows read between two progress lines of a CSV enqueue."""
 
 _INT64_MAX = 2**63 - 1
-_INTEGER = re.compile(r"[+-]?\d+")
 _ACCOUNT = re.compile(r"[A-Za-z0-9]+")
 _ITEM_FIELDS = ("conid", "symbol", "priority", "account")
 _MAX_PROBLEMS_SHOWN = 10
@@ -99,15 +100,19 @@ class FieldError(Exception):
 
 
 def _parse_int(field: str, value: Any) -> int:
-    """An integer from an int or a string of digits (CSV); floats and bools are refused rather than truncated."""
+    """An integer from an int or a string of ASCII digits (a CSV cell, a flag: `text_input.parse_ascii_int`); floats
+    and bools are refused rather than truncated."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise FieldError(field, "is missing")
     if isinstance(value, bool):
         raise FieldError(field, f"must be an integer, got {value!r}")
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value.strip())
+    if isinstance(value, str):
+        try:
+            return parse_ascii_int(value)
+        except ValueError as exc:
+            raise FieldError(field, str(exc)) from None
     raise FieldError(field, f"must be an integer, got {value!r}")
 
 
@@ -125,9 +130,18 @@ def _parse_symbol(value: Any) -> str:
         raise FieldError("symbol", "is missing")
     if not isinstance(value, str):
         raise FieldError("symbol", f"must be a string, got {value!r}")
-    if not value.strip():
+    symbol = value.strip()  # surrounding whitespace is dropped; what is kept holds no control character
+    if not symbol:
         raise FieldError("symbol", "must not be blank")
-    return value.strip()
+    _refuse_control_characters("symbol", symbol)
+    return symbol
+
+
+def _refuse_control_characters(field: str, value: str) -> None:
+    """Stored text never holds a control character: a terminal would act on it when status prints it."""
+    found = control_characters(value)
+    if found:
+        raise FieldError(field, f"must not contain control characters, found {', '.join(found)} in {value!r}")
 
 
 def _parse_priority(value: Any) -> int:
@@ -146,6 +160,7 @@ def _parse_account(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise FieldError("account", f"must be a string, got {value!r}")
+    _refuse_control_characters("account", value)
     if not _ACCOUNT.fullmatch(value):
         raise FieldError("account", f"must be letters and digits only (e.g. DU1000001), got {value!r}")
     return value
@@ -213,6 +228,7 @@ def read_csv_items(path: str | os.PathLike[str], progress: Progress) -> tuple[li
     """
     rows: list[Item] = []
     problems: list[InputProblem] = []
+    check_regular_file(path)
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -253,6 +269,28 @@ def read_csv_items(path: str | os.PathLike[str], progress: Progress) -> tuple[li
 
 
 _CSV_HEADER = "conid,symbol[,priority][,account]"
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+class NotARegularFile(ValueError):
+    """An input path that is not a regular file: opening a FIFO blocks, a device never ends."""
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, before opening it, a path that is not a regular file (after symlinks); OSError if it is absent."""
+    mode = os.stat(path).st_mode
+    for test, what in _NOT_REGULAR:
+        if test(mode):
+            raise NotARegularFile(f"{os.fspath(path)} is {what}, not a regular file: nothing written")
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(f"{os.fspath(path)} is not a regular file: nothing written")
 
 
 def silent(message: str) -> None:
