@@ -19,7 +19,15 @@ import polars as pl
 from pydantic import Field
 
 from position_pipeline.core.ib_reader import IBError
-from position_pipeline.core.lake import SNAPSHOT_RESULTS_SCHEMA
+from position_pipeline.core.lake import (
+    POSITION_UPDATES_NULLABLE,
+    POSITION_UPDATES_SCHEMA,
+    POSITION_UPDATES_TABLE,
+    QUEUE_NULLABLE,
+    QUEUE_SCHEMA,
+    QUEUE_TABLE,
+    SNAPSHOT_RESULTS_SCHEMA,
+)
 from position_pipeline.core.sync import (
     accounts_read,
     missing_rates,
@@ -29,7 +37,7 @@ from position_pipeline.core.sync import (
 )
 from position_pipeline.core.terms import BACKFILL_BATCH_SIZE, MAX_ATTEMPTS, SENSOR_BATCH_SIZE
 from position_pipeline.core.write_plan import WriteRefusal, apply_write_back, plan_write
-from position_pipeline.defs.metadata import markdown_table
+from position_pipeline.defs.metadata import markdown_table, table_definition_metadata
 from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
 from position_pipeline.defs.resources import IBResource, LakeResource
 
@@ -73,6 +81,7 @@ position_queue = dg.AssetSpec(
     group_name=GROUP,
     owners=OWNERS,
     kinds={"delta"},
+    metadata=table_definition_metadata(QUEUE_TABLE, QUEUE_SCHEMA, QUEUE_NULLABLE),
 )
 
 
@@ -163,7 +172,11 @@ def ib_snapshot(
 
 @dg.asset(
     io_manager_key="delta_io_manager",
-    metadata={"mode": "append", "partition_expr": "queued_at"},
+    metadata={
+        "mode": "append",
+        "partition_expr": "queued_at",
+        **table_definition_metadata(POSITION_UPDATES_TABLE, POSITION_UPDATES_SCHEMA, POSITION_UPDATES_NULLABLE),
+    },
     kinds={"polars", "delta"},
     description=(
         "Position history: one row per successful item and account holding its contract, appended in one Delta "
