@@ -43,6 +43,9 @@ from position_pipeline.defs.resources import IBResource, LakeResource
 
 GROUP = "positions"
 OWNERS = ["team:trading-data"]
+IB_READ_POOL = "ib_read"
+"""The concurrency pool of ib_snapshot: the instance's default pool limit (1, dagster.yaml) makes IB reads of the
+sensor's runs and of backfill runs take turns, as IB serves account updates to one client at a time."""
 # Dagster flags backfill_policy as beta; it is what makes a backfill of many hours one run. Said once, here.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 _SYNC: dict[str, Any] = {
@@ -125,6 +128,7 @@ def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake
 @dg.asset(
     io_manager_key="batch_io_manager",
     kinds={"polars"},
+    pool=IB_READ_POOL,
     description=(
         "One polling read from IB for the whole batch: reqPositions once, then the portfolio of each account "
         "involved (reqAccountUpdates, one account at a time). Per item, one result per account holding its contract "
