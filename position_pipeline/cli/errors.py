@@ -9,6 +9,9 @@ from collections.abc import Callable
 
 from position_pipeline.cli.output import PROG, print_problems
 
+UNHEALTHY = 3
+"""`status`'s exit code when a check it evaluates failed (expired claims, failed share, stale pending items)."""
+
 
 class CommandError(Exception):
     """A failure the command explains in one line (exit 1)."""
