@@ -39,6 +39,7 @@ from position_pipeline.core.terms import BACKFILL_BATCH_SIZE, MAX_ATTEMPTS, SENS
 from position_pipeline.core.write_plan import WriteRefusal, apply_write_back, plan_write
 from position_pipeline.defs.metadata import markdown_table, table_definition_metadata
 from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
+from position_pipeline.defs.reexecution import continue_parent_batch
 from position_pipeline.defs.resources import IBResource, LakeResource
 
 GROUP = "positions"
@@ -140,6 +141,7 @@ def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake
 def ib_snapshot(
     context: dg.AssetExecutionContext, queued_positions: pl.DataFrame, ib: IBResource, lake: LakeResource
 ) -> dg.Output:
+    queued_positions = continue_parent_batch(context, queued_positions, lake)
     if queued_positions.is_empty():
         return dg.Output(pl.DataFrame(schema=SNAPSHOT_RESULTS_SCHEMA), metadata={"items": 0, "ib_read_seconds": 0.0})
     settings = ib.settings()
@@ -192,6 +194,7 @@ def ib_snapshot(
 )
 def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFrame, lake: LakeResource):  # type: ignore[no-untyped-def]
     queue = lake.queue()
+    ib_snapshot = continue_parent_batch(context, ib_snapshot, lake)
     plan = plan_write(ib_snapshot, context.run_id, queue, lake.root_uri, lake.storage_options())
     if plan.already_written:
         context.log.warning(

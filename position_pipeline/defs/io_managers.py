@@ -13,6 +13,7 @@ partition, `dagster/size_bytes`, `dagster/column_schema`), read from the table's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -20,6 +21,7 @@ import polars as pl
 from dagster_deltalake.io_manager import TableConnection
 from dagster_deltalake_polars import DeltaLakePolarsIOManager, DeltaLakePolarsTypeHandler
 from deltalake import write_deltalake
+from pydantic import PrivateAttr
 
 from position_pipeline.core import lake
 from position_pipeline.core.table_stats import rows_between, state_of
@@ -76,6 +78,41 @@ def _table_metadata(context: dg.OutputContext, table_slice: TableSlice, connecti
         rows = rows_between(dt, dimensions[0].partition_expr, window.start, window.end)
         metadata["dagster/partition_row_count"] = dg.MetadataValue.int(rows)
     return metadata
+
+
+class RunBatchIOManager(dg.ConfigurableIOManager):
+    """Each step's polars frame as Parquet in its run's folder: `<base_dir>/<run_id>/<step>/<output>.parquet`.
+
+    Per run, not per asset or partition (Dagster's filesystem IO manager keeps one file per asset partition, which
+    every 5-second run would overwrite, and refuses a backfill run's range of partitions): a re-execution from
+    failure reads its parent run's files. `base_dir` None: the instance's storage folder, whose `<run_id>` folders the
+    run history purge deletes with their runs.
+    """
+
+    base_dir: str | None = None
+    _root: Path = PrivateAttr()
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.base_dir is not None:
+            self._root = Path(self.base_dir)
+        elif context.instance is not None:
+            self._root = Path(context.instance.storage_directory())
+        else:
+            raise dg.DagsterInvariantViolationError("RunBatchIOManager needs a base_dir or a Dagster instance")
+
+    def _path(self, run_id: str, step_key: str, name: str) -> Path:
+        return self._root / run_id / step_key / f"{name}.parquet"
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        path = self._path(context.run_id, context.step_key, context.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_parquet(path)
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        upstream = context.upstream_output
+        if upstream is None:
+            raise dg.DagsterInvariantViolationError(f"{context.name}: no upstream output to load")
+        return pl.read_parquet(self._path(upstream.run_id, upstream.step_key, upstream.name))
 
 
 class PositionUpdatesIOManager(DeltaLakePolarsIOManager):
