@@ -21,6 +21,9 @@ _OS_ERROR = re.compile(r"([^:]*\(os error \d+\))")
 _RUST_PANIC = re.compile(r"^thread '.*' (\(\d+\) )?panicked at ")
 _RUST_NOTE = re.compile(r"^note: (run with `RUST_BACKTRACE|Some details are omitted)")
 
+UNHEALTHY = 3
+"""`status`'s exit code when a check it evaluates failed (expired claims, failed share, stale pending items)."""
+
 
 class CommandError(Exception):
     """A failure the command explains in one line (exit 1)."""

@@ -1,7 +1,8 @@
 """The position-pipeline command (the `position-pipeline` entry point and `python -m position_pipeline`).
 
 Exit codes: 0 success, 1 refused input or a failure reading or writing the lake (message on stderr, nothing written
-by a refused command), 2 usage errors (argparse's convention), 130 interrupted.
+by a refused command), 2 usage errors (argparse's convention), 3 `status` found a failed check (cli/errors.py
+UNHEALTHY), 130 interrupted.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Standard library only (the queue's error type is imported for type checking alon
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -36,6 +37,16 @@ MESSAGE_WIDTH = 80
 def say(*lines: str, file: Any = None) -> None:
     """Print each line for a person, through `printable`: control characters in values show escaped (\\x1b)."""
     print("\n".join(printable(line) for line in lines), file=file)
+
+
+JSON_FLAG = "--json"
+"""Every command's machine-readable output option (`positions` takes it as its alias of `--format json`)."""
+
+
+def add_json_flag(parser: argparse._ActionsContainer, what: str = "the result", **options: Any) -> None:
+    """The one output option of every command: `--json`, printing `what` as JSON on stdout (`options` override the
+    argparse action, as `positions` does to make it `--format json`)."""
+    parser.add_argument(JSON_FLAG, help=f"print {what} as JSON on stdout", **({"action": "store_true"} | options))
 
 
 def print_json(value: dict[str, Any]) -> None:

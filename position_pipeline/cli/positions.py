@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake, table_exists
-from position_pipeline.cli.output import count, grid, printable
+from position_pipeline.cli.output import add_json_flag, count, grid, printable
 from position_pipeline.core.positions import AGE, VALUES_AGE, latest_positions
 from position_pipeline.core.time_text import age_text, iso_microseconds, iso_seconds
 
@@ -51,8 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_timestamp,
         help=f"the positions known at this moment, ISO-8601 with a timezone (e.g. {_EXAMPLE_TIME}; default: now)",
     )
-    parser.add_argument(
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
         "--format", choices=FORMATS, default="table", help="table (aligned columns), csv or json (default: table)"
+    )
+    add_json_flag(
+        output, "the positions (the same as --format json)", action="store_const", const="json", dest="format"
     )
     add_lake_argument(parser, "; positions are read from its positions/position_updates table")
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from position_pipeline.cli.errors import guarded
+from position_pipeline.cli.errors import UNHEALTHY, guarded
 from position_pipeline.cli.lake_option import add_lake_argument, resolve_lake
-from position_pipeline.cli.output import age, count, grid, indent, one_line, say, thousands
+from position_pipeline.cli.output import add_json_flag, age, count, grid, indent, one_line, say, thousands
 from position_pipeline.core.status import (
     RECENT_FAILURES,
     Status,
@@ -25,6 +26,7 @@ from position_pipeline.core.time_text import iso_seconds
 
 if TYPE_CHECKING:
     from position_pipeline.cli.parser import Subcommands
+    from position_pipeline.core.health import HealthOutcome
 
 _PRIORITY_NAMES = {int(p): p.name.lower() for p in Priority}
 
@@ -33,10 +35,13 @@ def register(commands: Subcommands) -> None:
     """`status` on the top-level parser's subcommands."""
     parser = commands.add_parser(
         "status",
-        help="queue depth, oldest pending item, failures, claims per run, last batch, table versions",
+        help="queue depth, oldest pending item, failures, claims per run, last batch, table versions, checks "
+        "(exit 3 when one fails)",
         description="What an operator checks first: the queue by status and priority, the age of the oldest "
         "pending and claimable items, failed items by attempts, claims per run, the last batch written, and the "
-        "versions and file counts of both tables. --json for machines.",
+        "versions and file counts of both tables, and the health checks it can evaluate from the lake (expired "
+        "claims, the failed share of the last hour, items waiting while nothing is written). Exit code 3 when one "
+        "of them fails, so a probe or cron job can alert on it. --json for machines.",
     )
     add_arguments(parser)
     parser.set_defaults(handler=run)
@@ -45,22 +50,43 @@ def register(commands: Subcommands) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The status command's options: --lake URI and --json (register with `set_defaults(handler=run)`)."""
     add_lake_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print the status as one JSON object on stdout")
+    add_json_flag(parser, "the status as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the status of the lake `args.lake` (None: $POSITION_LAKE_URI, else ./.lake); 0, or 1 with a message."""
+    """Print the status of the lake `args.lake` (None: $POSITION_LAKE_URI, else ./.lake) and its checks' outcomes:
+    0 when every check passed, UNHEALTHY (3) when one failed, 1 with a message when the lake cannot be read."""
     from polars.exceptions import PolarsError
 
     def report() -> int:
+        from position_pipeline.core.health import evaluate_for_status
+
         status = collect_status(resolve_lake(getattr(args, "lake", None)))
+        health = evaluate_for_status(status.root, status.now)
         if getattr(args, "json", False):
-            print(json.dumps(status.to_json()))
+            print(json.dumps({**status.to_json(), "health": health_json(health)}))
         else:
-            say(*format_text(status))
-        return 0
+            say(*format_text(status), "", *format_health(health))
+        return 0 if all(outcome.passed for outcome in health.values()) else UNHEALTHY
 
     return guarded("status", report, also=(PolarsError,))
+
+
+def health_json(health: Mapping[str, HealthOutcome]) -> dict[str, dict[str, object]]:
+    """Each evaluation by its check's name: passed, severity, description."""
+    return {
+        name: {"passed": o.passed, "severity": str(o.severity), "description": o.description}
+        for name, o in health.items()
+    }
+
+
+def format_health(health: Mapping[str, HealthOutcome]) -> list[str]:
+    """The checks' lines: `ok` or `FAILED (severity)` with what each found."""
+    lines = [f"checks (exit {UNHEALTHY} when one fails)"]
+    rows = [
+        [name, "ok" if o.passed else f"FAILED ({o.severity})", one_line(o.description)] for name, o in health.items()
+    ]
+    return lines + indent(grid(None, rows, align="<<<"))
 
 
 def format_text(status: Status) -> list[str]:

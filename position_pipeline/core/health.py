@@ -335,3 +335,16 @@ def _share_metadata(
         "window_seconds": window.total_seconds(),
         "errors": errors,
     }
+
+
+def evaluate_for_status(
+    root: str, now: datetime, *, storage_options: StorageOptions | None = None
+) -> dict[str, HealthOutcome]:
+    """The evaluations `position-pipeline status` makes, with their defaults, by the name of the asset check that
+    shows each in the UI: expired claims, the failed share, stale pending items. Not the duplicates check, which
+    reads every row of position_updates (its schedule runs it)."""
+    return {
+        "no_expired_claims": evaluate_claims(root, now, storage_options=storage_options),
+        "failed_share_last_hour": evaluate_failed_share(root, now, storage_options=storage_options),
+        "fresh_while_pending": evaluate_freshness(root, now, storage_options=storage_options),
+    }

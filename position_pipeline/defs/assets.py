@@ -20,7 +20,15 @@ import polars as pl
 from pydantic import Field
 
 from position_pipeline.core.ib_reader import IBError
-from position_pipeline.core.lake import SNAPSHOT_RESULTS_SCHEMA
+from position_pipeline.core.lake import (
+    POSITION_UPDATES_NULLABLE,
+    POSITION_UPDATES_SCHEMA,
+    POSITION_UPDATES_TABLE,
+    QUEUE_NULLABLE,
+    QUEUE_SCHEMA,
+    QUEUE_TABLE,
+    SNAPSHOT_RESULTS_SCHEMA,
+)
 from position_pipeline.core.sync import (
     accounts_read,
     given_back,
@@ -32,13 +40,17 @@ from position_pipeline.core.sync import (
 from position_pipeline.core.terms import BACKFILL_BATCH_SIZE, MAX_ATTEMPTS, SENSOR_BATCH_SIZE
 from position_pipeline.core.write_plan import WriteRefusal, apply_write_back, plan_write
 from position_pipeline.defs.give_back import failing_with_cause, give_back_batch, step_failure
-from position_pipeline.defs.metadata import markdown_table
+from position_pipeline.defs.metadata import markdown_table, table_definition_metadata
 from position_pipeline.defs.partitions import queued_hour_partitions, queued_window
+from position_pipeline.defs.reexecution import continue_parent_batch
 from position_pipeline.defs.resources import IBResource, LakeResource
 from position_pipeline.defs.run_workers import record_worker
 
 GROUP = "positions"
 OWNERS = ["team:trading-data"]
+IB_READ_POOL = "ib_read"
+"""The concurrency pool of ib_snapshot: the instance's default pool limit (1, dagster.yaml) makes IB reads of the
+sensor's runs and of backfill runs take turns, as IB serves account updates to one client at a time."""
 # Dagster flags backfill_policy as beta; it is what makes a backfill of many hours one run. Said once, here.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 _SYNC: dict[str, Any] = {
@@ -79,6 +91,7 @@ position_queue = dg.AssetSpec(
     group_name=GROUP,
     owners=OWNERS,
     kinds={"delta"},
+    metadata=table_definition_metadata(QUEUE_TABLE, QUEUE_SCHEMA, QUEUE_NULLABLE),
 )
 
 
@@ -123,6 +136,7 @@ def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake
 @dg.asset(
     io_manager_key="batch_io_manager",
     kinds={"polars"},
+    pool=IB_READ_POOL,
     description=(
         "One polling read from IB for the whole batch: reqPositions once, then the portfolio of each account "
         "involved (reqAccountUpdates, one account at a time). Per item, one result per account holding its contract "
@@ -134,6 +148,7 @@ def queued_positions(context: dg.AssetExecutionContext, config: SyncConfig, lake
 def ib_snapshot(
     context: dg.AssetExecutionContext, queued_positions: pl.DataFrame, ib: IBResource, lake: LakeResource
 ) -> dg.Output:
+    queued_positions = continue_parent_batch(context, queued_positions, lake)
     if queued_positions.is_empty():
         return dg.Output(pl.DataFrame(schema=SNAPSHOT_RESULTS_SCHEMA), metadata={"items": 0, "ib_read_seconds": 0.0})
     settings = ib.settings()
@@ -178,7 +193,11 @@ def ib_snapshot(
 
 @dg.asset(
     io_manager_key="delta_io_manager",
-    metadata={"mode": "append", "partition_expr": "queued_at"},
+    metadata={
+        "mode": "append",
+        "partition_expr": "queued_at",
+        **table_definition_metadata(POSITION_UPDATES_TABLE, POSITION_UPDATES_SCHEMA, POSITION_UPDATES_NULLABLE),
+    },
     kinds={"polars", "delta"},
     description=(
         "Position history: one row per successful item and account holding its contract, appended in one Delta "
@@ -190,6 +209,7 @@ def ib_snapshot(
 )
 def position_updates(context: dg.AssetExecutionContext, ib_snapshot: pl.DataFrame, lake: LakeResource):  # type: ignore[no-untyped-def]
     queue = lake.queue()
+    ib_snapshot = continue_parent_batch(context, ib_snapshot, lake)
     with failing_with_cause("planning the append to position_updates"):
         plan = plan_write(ib_snapshot, context.run_id, queue, lake.root_uri, lake.storage_options())
     if plan.already_written:

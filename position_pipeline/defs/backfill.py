@@ -22,6 +22,8 @@ from position_pipeline.defs.partitions import QueuedWindow, partition_key_for, q
 
 SYNC_ASSET_KEYS = [dg.AssetKey("queued_positions"), dg.AssetKey("ib_snapshot"), dg.AssetKey("position_updates")]
 BACKFILL_TAGS = {"pipeline": "position_backfill"}
+"""Marks the backfills `position-pipeline backfill` stores. Only a label: what limits backfill runs to one at a time is
+the `dagster/backfill` tag every backfill run carries, however launched (dagster.yaml's concurrency.runs)."""
 _DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 _SUCCEEDED = {"COMPLETED", "COMPLETED_SUCCESS"}
 

@@ -1,6 +1,7 @@
 """Every job of the code location, each named here.
 
-- `position_sync`: the three sync assets in one process (they pass the batch in memory), one run per batch;
+- `position_sync`: the three sync assets in one process (the batch passes between them through the run's folder,
+  defs/reexecution.py), one run per batch;
 - `position_checks`: the asset checks, unpartitioned, next to the hourly-partitioned sync assets;
 - `table_upkeep`: archive, compaction, checkpoint and vacuum; it carries the sync job's `pipeline` tag, so the
   instance's tag concurrency limit (dagster.yaml, limit 1) never runs it beside a sync run: those wait behind it;

@@ -19,7 +19,7 @@ from position_pipeline.core import lake, terms
 from position_pipeline.core.account_time import gateway_zone
 from position_pipeline.core.ib_reader import IBSettings, IBSnapshot, read_snapshot
 from position_pipeline.core.queue import PositionQueue
-from position_pipeline.defs.io_managers import PositionUpdatesIOManager
+from position_pipeline.defs.io_managers import PositionUpdatesIOManager, RunBatchIOManager
 
 
 class IBResource(dg.ConfigurableResource):
@@ -171,13 +171,14 @@ def build_resources(root_uri: str | None = None, ib: IBResource | None = None) -
 
     `root_uri` None: the lake from POSITION_LAKE_URI (else `.lake`), as a deployment configures it; else that lake,
     for both the queue and the Delta IO manager. `ib` None: the gateway the IB_* variables name. The batch handed
-    between the three sync assets stays in memory: a sync run executes in one process.
+    between the three sync assets is kept per run in the instance's storage, so a failed run can be re-executed from
+    its failed step (defs/reexecution.py).
     """
     return {
         "ib": ib_resource() if ib is None else ib,
         "lake": lake_resource() if root_uri is None else LakeResource(root_uri=root_uri),
         "delta_io_manager": delta_io_manager(root_uri),
-        "batch_io_manager": dg.mem_io_manager,
+        "batch_io_manager": RunBatchIOManager(),
     }
 
 

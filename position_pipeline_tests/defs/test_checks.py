@@ -116,3 +116,10 @@ def test_schedule_runs_the_check_job_every_5_minutes_in_utc(root: str, instance:
     )
     (request,) = schedule.evaluate_tick(context).run_requests or []
     assert request.partition_key is None
+
+
+def test_status_names_its_evaluations_after_the_checks_that_show_them(root: str) -> None:
+    from position_pipeline.core.health import evaluate_for_status
+
+    check_names = {key.name for check in ASSET_CHECKS for key in check.check_keys}
+    assert set(evaluate_for_status(root, datetime.now(UTC))) <= check_names

@@ -179,10 +179,10 @@ def test_a_failed_append_gives_the_batch_back_with_the_storage_error(
     """What a read-only or full position_updates folder does to the IO manager's write (as root, chmod cannot)."""
     ids = enqueue_held(root, sim)
 
-    def read_only(**kwargs: object) -> None:
-        raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("table_or_uri")))
+    def read_only(table_or_uri: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(table_or_uri))
 
-    monkeypatch.setattr("dagster_deltalake.handler.write_deltalake", read_only)
+    monkeypatch.setattr("position_pipeline.defs.io_managers.write_deltalake", read_only)
     result = run_sync(sim_resources(root, sim), instance)
     assert not result.success
     assert "Read-only file system" in failure_text(result)

@@ -161,7 +161,7 @@ def test_schedule_and_tags_keep_upkeep_off_the_sync_runs() -> None:
     assert table_upkeep_schedule.job_name == "table_upkeep"
     assert table_upkeep.executor_def is dg.in_process_executor
     # The instance's limit of one run per tag value is what keeps upkeep and sync runs apart.
-    limits = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
+    limits = yaml.safe_load((REPO / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "pipeline", "value": table_upkeep.tags["pipeline"], "limit": 1} in limits
     assert (position_sync_job.tags or {})["pipeline"] == table_upkeep.tags["pipeline"]
     merged = dg.Definitions.merge(defs, dg.Definitions(jobs=[table_upkeep], schedules=[table_upkeep_schedule]))

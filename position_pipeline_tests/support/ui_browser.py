@@ -5,8 +5,9 @@
 of contracts (mostly held by the gateway, a few not) and waits for the sensor's sync run of each, then takes the gateway
 down for one failed run. Debian's Chromium, driven by Playwright (no browser download), then opens the asset graph,
 position_updates' page with its metadata plotted per materialization, the failed run and the sensor's ticks, and saves
-them as `ui-*.png`. The GraphQL API (what the UI itself reads) answers the rest: descriptions, owners, kinds and group
-of every asset, the materializations' metadata, the ticks' skip reasons and the failed run's error.
+them as `ui-*.png`; then position_queue's columns and its queue-depth plots. The GraphQL API (what the UI itself
+reads) answers the rest: descriptions, owners, kinds, group and column schema of every asset, the materializations'
+and observations' metadata, the ticks' skip reasons and the failed run's error.
 `test_ui_browser.py` runs the same tour into a temp folder and asserts on what it saw. Every wait is bounded, and
 every process the tour starts is stopped when it ends, however it ends.
 """
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SENSOR_PAGE = f"/locations/__repository__@{LOCATION}/sensors/{SENSOR}"
 PLOTTED = ("claimed", "succeeded", "failed", "batch_seconds", "table_version")
+QUEUE_PLOTTED = ("pending", "claimable", "oldest_pending_age_s", "delta_version")
+"""What queue_depth_sensor observes of position_queue, plotted on its page."""
 VIEWPORT = {"width": 1400, "height": 900}
 SCREENSHOTS = {
     "graph": "ui-asset-graph.png",
@@ -67,6 +70,10 @@ class Tour:
     tooltip: str = ""
     """The skip reason the sensor page shows when the newest skipped tick is hovered."""
     asset_nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    column_schemas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Each asset's definition-level dagster/column_schema columns: {name, type, constraints}."""
+    queue_observations: list[dict[str, Any]] = field(default_factory=list)
+    """position_queue's observations (queue depth), newest first: {label: (GraphQL entry type, value)} each."""
     materializations: list[dict[str, Any]] = field(default_factory=list)
     """position_updates' materializations, newest first: {label: (GraphQL entry type, value)} each."""
     write_backs: int = 0
@@ -120,6 +127,9 @@ def tour(workdir: Path, out: Path, chromium: str) -> Tour:
 
             _failed_run_page(browser, stack.url, failed_run_id, out, seen)
             _sensor_page(browser, stack.url, out, seen)
+            # By now queue_depth_sensor (every 30 s) has seen the queue change.
+            stack.wait_for(lambda: _queue_observations(stack), 45, "queue_depth_sensor observed position_queue")
+            _position_queue_page(browser, stack.url, seen)
             _graphql_facts(stack, failed_run_id, seen)
 
             # The gateway answers again, but every client id of the code location's range is taken (error 326).
@@ -206,6 +216,28 @@ def _position_updates_page(browser: Browser, url: str, out: Path, seen: Tour) ->
     page.close()
 
 
+def _position_queue_page(browser: Browser, url: str, seen: Tour) -> None:
+    """position_queue's overview: its columns and storage name (from its definition: no run materializes it), then
+    its metadata plotted, the queue-depth observations among them."""
+    page = _page(browser)
+    page.goto(f"{url}/assets/position_queue")
+    page.get_by_text("claimed_by", exact=True).first.wait_for()  # a column only the queue has
+    seen.page_text["queue_overview"] = page.inner_text("body")
+    page.get_by_role("button", name="Plots").click()
+    for label in QUEUE_PLOTTED:
+        page.get_by_text(label, exact=True).first.wait_for()
+    seen.page_text["queue_plots"] = page.inner_text("body")
+    page.close()
+
+
+def _queue_observations(stack: Stack) -> list[dict[str, Any]]:
+    query = """{ assetOrError(assetKey: {path: ["position_queue"]}) { ... on Asset { assetObservations(limit: 50) {
+                 metadataEntries { label __typename
+                   ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue } } } } } }"""
+    observations = stack.graphql(query)["assetOrError"]["assetObservations"]
+    return [{e["label"]: (e["__typename"], entry_value(e)) for e in o["metadataEntries"]} for o in observations]
+
+
 def _failed_run_page(browser: Browser, url: str, run_id: str, out: Path, seen: Tour) -> None:
     page = _failed_run(browser, url, run_id, "refused the connection")
     _hide_navigation(page)
@@ -269,8 +301,18 @@ def _shoot(page: Page, out: Path, name: str) -> Path:
 def _graphql_facts(stack: Stack, failed_run_id: str, seen: Tour) -> None:
     nodes = stack.graphql(
         """{ assetNodes { assetKey { path } description groupName kinds
-                           owners { ... on TeamAssetOwner { team } ... on UserAssetOwner { email } } } }"""
+                           owners { ... on TeamAssetOwner { team } ... on UserAssetOwner { email } }
+                           metadataEntries { label
+                             ... on TableSchemaMetadataEntry { schema { columns { name type
+                               constraints { nullable } } } } } } }"""
     )["assetNodes"]
+    seen.column_schemas = {
+        "/".join(n["assetKey"]["path"]): e["schema"]["columns"]
+        for n in nodes
+        for e in n["metadataEntries"]
+        if e["label"] == "dagster/column_schema"
+    }
+    seen.queue_observations = _queue_observations(stack)
     seen.asset_nodes = {
         "/".join(n["assetKey"]["path"]): {
             "description": n["description"],

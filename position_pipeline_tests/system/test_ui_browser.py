@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from position_pipeline_tests.support.ui_browser import PLOTTED, SCREENSHOTS, Tour, tour
+from position_pipeline.core import lake
+from position_pipeline_tests.support.ui_browser import PLOTTED, QUEUE_PLOTTED, SCREENSHOTS, Tour, tour
 from position_pipeline_tests.support.ui_stack import chromium_executable, install_chromium
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -60,6 +61,12 @@ def check_pages(seen: Tour) -> None:
     asset = seen.page_text["asset"]
     for text in ("Position history", "positions", "trading-data", "delta", "position_sync_sensor", *PLOTTED):
         assert text in asset
+    queue = seen.page_text["queue_overview"]  # the schema tab, filled from the definition: no run materializes it
+    for column in lake.QUEUE_SCHEMA:
+        assert column in queue
+    assert "positions.position_queue" in queue  # dagster/table_name, shown as its storage
+    for label in QUEUE_PLOTTED:  # the queue-depth plots
+        assert label in seen.page_text["queue_plots"]
     events = seen.page_text["asset_events"]  # the history: one row per materialization, then the selected one's
     assert "materialized in run" in events and len(HOUR_KEY.findall(events)) >= 3 + 1
 
@@ -95,6 +102,18 @@ def check_graphql_answers(seen: Tour) -> None:
         assert entries["preview"][0] == "MarkdownMetadataEntry"
     assert {m["failed"][1] for m in seen.materializations} & {1, 2, 3}  # each wave held a few unknown contracts
     assert any("| request_id | conid" in m["preview"][1] for m in seen.materializations)  # rows written, previewed
+
+    for name, schema in (("position_queue", lake.QUEUE_SCHEMA), ("position_updates", lake.POSITION_UPDATES_SCHEMA)):
+        assert [c["name"] for c in seen.column_schemas[name]] == list(schema), name
+    nullable = {c["name"] for c in seen.column_schemas["position_queue"] if c["constraints"]["nullable"]}
+    assert nullable == set(lake.QUEUE_NULLABLE)
+    for entries in seen.materializations:  # the Delta handler's table stats, under the keys the UI shows specially
+        for label in ("dagster/row_count", "dagster/size_bytes"):
+            assert entries[label][0] == "IntMetadataEntry" and entries[label][1] > 0, entries
+    assert seen.queue_observations, "queue_depth_sensor observed position_queue"
+    for entries in seen.queue_observations:
+        assert {label for label in QUEUE_PLOTTED} <= set(entries), entries
+        assert entries["delta_version"][1] >= 0 and entries["pending"][0] == "IntMetadataEntry"
 
     statuses = {t["status"] for t in seen.ticks}
     assert {"SUCCESS", "SKIPPED"} <= statuses

@@ -21,6 +21,7 @@ from deltalake.exceptions import CommitFailedError
 from position_pipeline.core import lake
 from position_pipeline.core.queue import retry_on_conflict
 from position_pipeline.core.queue.commits import upkeep_commit_properties
+from position_pipeline.core.table_stats import TableState, table_state
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ PartitionFilters = Sequence[tuple[str, str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
-class TableState:
-    """A table's size at one version: data files, their bytes and rows (from the log, no data read)."""
-
-    version: int
-    files: int
-    bytes: int
-    rows: int
-
-
-@dataclass(frozen=True, slots=True)
 class UpkeepStep:
     """What one step did to one table; `skipped` says why it did nothing (absent table, writers kept winning)."""
 
@@ -73,22 +64,6 @@ class UpkeepStep:
     after: TableState | None = None
     details: dict[str, int] = field(default_factory=dict)
     skipped: str | None = None
-
-
-def table_state(table_uri: str, storage_options: lake.StorageOptions | None = None) -> TableState | None:
-    """The table's newest version, file count, bytes and rows; None when there is no table."""
-    dt = lake.open_existing(table_uri, storage_options)
-    return None if dt is None else _state(dt)
-
-
-def _state(dt: DeltaTable) -> TableState:
-    actions = pl.DataFrame(dt.get_add_actions(flatten=True)).select("size_bytes", "num_records")
-    return TableState(
-        version=dt.version(),
-        files=actions.height,
-        bytes=int(actions["size_bytes"].sum()),
-        rows=int(actions["num_records"].sum()),
-    )
 
 
 def closed_days(today: date | None = None) -> list[tuple[str, str, Any]]:

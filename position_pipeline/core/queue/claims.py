@@ -43,6 +43,17 @@ _RELEASED = {
 }
 """The MERGE updates that give an item back: PENDING, unclaimed; attempts and claims untouched."""
 
+CLAIMED = {
+    "status": sql_literal(QueueStatus.PROCESSING),
+    "claims": "t.claims + 1",
+    "retry_after": "NULL",
+    "claimed_by": "s.claimed_by",
+    "claimed_at": "s.claimed_at",
+    "updated_at": "s.claimed_at",
+}
+"""The MERGE updates of a claim, from a source of request_id, claimed_by and claimed_at: PROCESSING under that run,
+one more claim, no retry_after."""
+
 
 class QueueClaims(QueueTable):
     """The queue's claims, marks and releases."""
@@ -107,16 +118,7 @@ class QueueClaims(QueueTable):
                     streamed_exec=False,
                     commit_properties=queue_commit_properties("claim", run, source.height),
                 )
-                .when_matched_update(
-                    {
-                        "status": sql_literal(QueueStatus.PROCESSING),
-                        "claims": "t.claims + 1",
-                        "retry_after": "NULL",
-                        "claimed_by": "s.claimed_by",
-                        "claimed_at": "s.claimed_at",
-                        "updated_at": "s.claimed_at",
-                    }
-                )
+                .when_matched_update(CLAIMED)
                 .execute()
             )
             # `dt` now holds the version this merge committed: read back exactly what it gave this run.

@@ -6,13 +6,15 @@ from position_pipeline.core.queue.claims import QueueClaims
 from position_pipeline.core.queue.enqueue import QueueEnqueue
 from position_pipeline.core.queue.legacy import LegacyImport
 from position_pipeline.core.queue.reads import QueueReads
+from position_pipeline.core.queue.takeover import QueueTakeover
 
 
-class PositionQueue(QueueEnqueue, QueueReads, QueueClaims, LegacyImport):
+class PositionQueue(QueueEnqueue, QueueReads, QueueClaims, QueueTakeover, LegacyImport):
     """The `position_queue` Delta table, safe to use from many processes at once.
 
     Producers (enqueue.py), readers (reads.py), the pipeline's claims, marks and releases (claims.py) and the legacy
-    import (legacy.py), over one table handle (table.py). Nothing touches storage until the first call, and the first
+    import (legacy.py) and a re-execution's take-over of its parent's batch (takeover.py), over one table handle
+    (table.py). Nothing touches storage until the first call, and the first
     call creates the table if it is absent, so building a queue at Dagster definition load costs nothing.
     `storage_options` None: those `lake.storage_options_for` gives for the table's URI (none for a local folder;
     AWS_* variables for s3://).
