@@ -9,10 +9,10 @@ import threading
 import time
 
 import pytest
-from ib_async import IB
 
 from position_pipeline.core.ib_reader import IBProtocolError, IBSnapshot, IBTimeout, client_id_for, read_snapshot
 from position_pipeline.ib_gateway_sim import GatewayThread
+from position_pipeline_tests.support.ib_clients import holding_account_updates
 from position_pipeline_tests.support.ib_reads import (
     assert_matches_state,
     assert_no_client_left,
@@ -32,15 +32,10 @@ def read_while_held(sim: GatewayThread, held_account: str, conids: set[int], see
     """A read while another client (a trading bot) holds the account-updates slot for `held_account` throughout."""
 
     async def main() -> tuple[IBSnapshot, float]:
-        holder = IB()
-        await holder.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
-        try:
-            await asyncio.wait_for(holder.reqAccountUpdatesAsync(held_account), 5)
+        async with holding_account_updates(sim, held_account, client_id=1):
             started = time.monotonic()
             snapshot = await asyncio.to_thread(read_snapshot, settings_for(sim, **settings), conids, seed)
             return snapshot, time.monotonic() - started
-        finally:
-            holder.disconnect()
 
     return run_bounded(main(), 25)
 
@@ -86,18 +81,13 @@ def test_when_no_account_can_be_read_the_read_fails_as_a_whole(sim: GatewayThrea
     first, second, _ = state.accounts
 
     async def main() -> str:
-        holder = IB()
-        await holder.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
-        try:
-            await asyncio.wait_for(holder.reqAccountUpdatesAsync(first), 5)
+        async with holding_account_updates(sim, first, client_id=1):
             settings = settings_for(sim, request_timeout=1.0)
             try:
                 await asyncio.to_thread(read_snapshot, settings, held_only_by(state, second), "none")
             except Exception as exc:
                 return f"{type(exc).__name__}: {exc}"
             return "no error"
-        finally:
-            holder.disconnect()
 
     text = run_bounded(main(), 25)
     assert text.startswith(f"IBError: no account could be read from IB at 127.0.0.1:{sim.port}")

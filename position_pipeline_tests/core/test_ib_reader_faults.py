@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-from ib_async import IB
 
 from position_pipeline.core.ib_reader import (
     GatewayUnreachable,
@@ -24,6 +23,7 @@ from position_pipeline.core.ib_reader import (
     read_snapshot,
 )
 from position_pipeline.ib_gateway_sim import GatewayThread
+from position_pipeline_tests.support.ib_clients import holding_account_updates
 from position_pipeline_tests.support.ib_reads import (
     MESSAGES_BEFORE_POSITIONS,
     NOT_HELD,
@@ -189,10 +189,7 @@ def test_account_updates_held_by_another_client_throughout_fail_with_2101_after_
     settings = settings_for(sim, request_timeout=2.0)
 
     async def main() -> tuple[IBError, float, list[int]]:
-        holder = IB()
-        await holder.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
-        try:
-            await asyncio.wait_for(holder.reqAccountUpdatesAsync(held_account), 5)
+        async with holding_account_updates(sim, held_account, client_id=1):
             started = time.monotonic()
             try:
                 await asyncio.to_thread(read_snapshot, settings, held_only_by(state, read_account), "refused")
@@ -200,8 +197,6 @@ def test_account_updates_held_by_another_client_throughout_fail_with_2101_after_
                 clients = await asyncio.to_thread(sim.call, lambda gw: gw.connected_clients)
                 return exc, time.monotonic() - started, clients
             raise AssertionError("the read succeeded although another client holds a different account")
-        finally:
-            holder.disconnect()
 
     error, elapsed, clients_meanwhile = run_bounded(main(), 25)
     assert type(error) is IBError
@@ -227,10 +222,7 @@ def test_a_read_refused_with_2101_succeeds_once_the_other_client_lets_go(sim: Ga
     settings = settings_for(sim, request_timeout=10.0)
 
     async def main() -> tuple[IBSnapshot, float]:
-        holder = IB()
-        await holder.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
-        try:
-            await asyncio.wait_for(holder.reqAccountUpdatesAsync(held_account), 5)
+        async with holding_account_updates(sim, held_account, client_id=1) as holder:
             started = time.monotonic()
             reading = asyncio.ensure_future(
                 asyncio.to_thread(read_snapshot, settings, held_only_by(state, read_account), "waits")
@@ -239,8 +231,6 @@ def test_a_read_refused_with_2101_succeeds_once_the_other_client_lets_go(sim: Ga
             holder.client.reqAccountUpdates(False, held_account)
             snapshot = await reading
             return snapshot, time.monotonic() - started
-        finally:
-            holder.disconnect()
 
     snapshot, elapsed = run_bounded(main(), 25)
     assert {p.account for p in snapshot.positions} == {read_account}
@@ -256,16 +246,11 @@ def test_the_same_account_held_by_another_client_is_shared(sim: GatewayThread) -
     settings = settings_for(sim, request_timeout=3.0)
 
     async def main() -> list[HeldPosition]:
-        holder = IB()
-        await holder.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
-        try:
-            await asyncio.wait_for(holder.reqAccountUpdatesAsync(account), 5)
+        async with holding_account_updates(sim, account, client_id=1):
             snapshot = await asyncio.to_thread(read_snapshot, settings, wanted, "shared-account")
             # the holder's subscription survives the reader's unsubscribe
             assert await asyncio.to_thread(sim.call, lambda gw: gw.hub.account_updates) == account
             return snapshot.positions
-        finally:
-            holder.disconnect()
 
     positions = run_bounded(main(), 20)
     assert {p.conid for p in positions} == wanted

@@ -3,20 +3,20 @@ the other accounts' rows are written in the same run, and the run's metadata lis
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
 import pytest
-from ib_async import IB
 
 from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline_tests.support.ib_clients import holding_account_updates
 from position_pipeline_tests.support.ib_reads import held_only_by, holders_of
 from position_pipeline_tests.support.sync_runs import run_sync, updates
+from position_pipeline_tests.support.waiting import run_bounded, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,18 +27,12 @@ def slot_held(sim: GatewayThread, sim_state: GatewayState) -> Iterator[str]:
     account = sim_state.accounts[0]
     ready, stop = threading.Event(), threading.Event()
 
-    async def hold() -> None:
-        bot = IB()
-        await bot.connectAsync(sim.host, sim.port, clientId=1, readonly=True, timeout=5)
-        try:
-            await asyncio.wait_for(bot.reqAccountUpdatesAsync(account), 5)
+    async def hold() -> None:  # on a thread of its own: the run under test is synchronous
+        async with holding_account_updates(sim, account, client_id=1):
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
-        finally:
-            bot.disconnect()
+            await wait_until_async(stop.is_set, 50, "the test's end")
 
-    thread = threading.Thread(target=lambda: asyncio.run(asyncio.wait_for(hold(), 50)), daemon=True)
+    thread = threading.Thread(target=lambda: run_bounded(hold(), 50), daemon=True)
     thread.start()
     assert ready.wait(10), "the bot did not subscribe"
     yield account
