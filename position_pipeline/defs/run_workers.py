@@ -3,9 +3,10 @@ sensor tick, not at run monitoring's ten-minute max runtime.
 
 Each sync run tags itself with its worker's identity (`core.workers`) before it claims anything. Once that worker
 is provably gone, the sensor reports the run failed through the instance (unless the code server that launched it
-already did), and gives its claims back at once:
-a dead process writes nothing, so the write fence needs no wait. A worker that lives (stalled, or on a machine the
-sensor cannot see) is left to the lease and run monitoring, as before.
+already did), gives its claims back at once (a dead process writes nothing, so the write fence needs no wait) and
+frees the `ib_read` pool slot its step held, so the next run's IB read does not wait for run monitoring to free it
+(`free_slots_after_run_end_seconds`, dagster.yaml). A worker that lives (stalled, or on a machine the sensor cannot
+see) is left to the lease and run monitoring, as before.
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ def give_back_runs_whose_worker_died(
             context.instance.report_run_failed(
                 run, f"its worker (pid {worker.pid} on {worker.host}) is gone: the process died without ending the run"
             )
+        _free_pool_slots(context.instance, run.run_id)
         given_back = queue.release_runs([run.run_id]) if run.run_id in holders else 0
         released += given_back
         context.log.warning(f"run {run.run_id}: worker pid {worker.pid} is gone; {given_back} items given back")
     return released
+
+
+def _free_pool_slots(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Free the concurrency slots a dead run's steps held (its `ib_read` slot), as Dagster's monitoring daemon does
+    `free_slots_after_run_end_seconds` after a run ends, but now."""
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        storage.free_concurrency_slots_for_run(run_id)

@@ -125,9 +125,9 @@ def _before_io_write() -> None:
 
 def _after_delta_commit() -> None:
     """write_deltalake committed the append; nothing marked."""
-    import dagster_deltalake.handler
+    from position_pipeline.defs import io_managers
 
-    _patch(dagster_deltalake.handler, "write_deltalake", after=True)
+    _patch(io_managers, "write_deltalake", after=True)
 
 
 def _after_mark_success() -> None:

@@ -183,7 +183,7 @@ INJECTED_FAILURES = {
     "the IB read": "position_pipeline.defs.resources.read_snapshot",
     "building the results": "position_pipeline.defs.assets.snapshot_results",
     "building the rows": "position_pipeline.core.write_plan.position_update_rows",
-    "the append": "dagster_deltalake.handler.write_deltalake",
+    "the append": "position_pipeline.defs.io_managers.write_deltalake",
     "the write-back": "position_pipeline.core.queue.PositionQueue.mark_success",
 }
 
