@@ -18,7 +18,7 @@ from position_pipeline_tests.support.ui_stack import chromium_executable, instal
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOUR_KEY = re.compile(r"\d{4}-\d\d-\d\d-\d\d:00")
-pytestmark = pytest.mark.timeout(180, func_only=True)  # the tour itself; installing Chromium may take longer
+pytestmark = pytest.mark.timeout(300, func_only=True)  # the tour itself; installing Chromium may take longer
 
 
 @pytest.fixture
