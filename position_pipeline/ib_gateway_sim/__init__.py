@@ -5,7 +5,8 @@ alone: `framing` (bytes), `messages` (ids and layouts per server version), `cont
 `universe` (what a generated desk holds), `ledger` (an account's valuation and account values), `state`
 (accounts, positions, prices, rates, the valuations told), `dump` (state as JSON), `faults` (what goes wrong),
 `filler` and `garbage` (what a real download adds, what a broken server sends), `hub`, `request_fields`,
-`replies`, `account_updates`, `pnl`, `positions` and `session` (protocol, no I/O), `server` (asyncio and the control API).
+`replies`, `account_updates`, `pnl`, `positions` and `session` (protocol, no I/O), `server` (asyncio and the control
+API).
 """
 
 from .contracts import Contract, Holding, Valuation

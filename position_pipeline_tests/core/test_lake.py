@@ -84,7 +84,7 @@ POSITION_VALUES = [
 
 
 DESK_VALUES = ["values_as_of", "base_currency", "fx_rate", "market_value_base", "unrealized_pnl_base",
-               "realized_pnl_base"]  # fmt: skip
+               "realized_pnl_base", "daily_pnl", "values_from"]  # fmt: skip
 NULLABLE_IN_ORDER = [
     "right", "strike", "expiry", "multiplier", "market_price", "realized_pnl", "account_update_time", *DESK_VALUES
 ]  # fmt: skip

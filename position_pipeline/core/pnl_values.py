@@ -1,0 +1,193 @@
+"""The `pnl` values mode (IB_VALUES_FROM=pnl): a read's market values from reqPnLSingle per (account, conid), all
+subscribed at once across every account, instead of one account download after another. No Dagster here.
+
+reqPnLSingle has no one-account rule and takes no market-data line; its values are those of TWS's portfolio window,
+computed in real time (the account window's, which reqAccountUpdates sends, refresh about every 3 minutes). A row's
+values are those of the first PNL_SINGLE whose `value` is set, stamped with the UTC moment it arrived. IB does not
+say which currency `value` is in: it is taken as the contract's currency, as updatePortfolio's marketValue is.
+Each needed account's base currency and ExchangeRates come from reqAccountUpdatesMulti (no one-account rule
+either), asked for concurrently and cancelled; no rate means null base values, as in the account mode.
+
+Invariants: every subscription made here is cancelled before returning, also on error or timeout, and the cancels
+have reached the gateway when the connection stays up (a reqCurrentTime behind them in ib_async's queue); IB's unset
+double and NaN are null, never a number in a row; a pair whose value never comes gets no row: it is in
+`snapshot.unread`, its account in `snapshot.unavailable`, and its items are given back (`sync.given_back`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from ib_async import IB, PnLSingle, Position
+
+from position_pipeline.core import terms
+from position_pipeline.core.account_download import AccountDownload, account_facts
+from position_pipeline.core.ib_errors import IBDisconnected, IBTimeout, disconnect_text
+from position_pipeline.core.ib_records import HeldPosition, IBSettings, IBSnapshot
+
+log = logging.getLogger(__name__)
+
+UNSET_DOUBLE = 1.7976931348623157e308
+"""IB's 'not computed yet' (Double.MAX_VALUE), which ib_async passes through."""
+
+_DRAIN_S = 1.0 / 40
+"""Seconds per queued request when waiting for the cancels to leave: ib_async sends at most 45 a second."""
+
+
+def ib_number(value: float | None) -> float | None:
+    """`value`, or None for IB's unset double, NaN (ib_async's 'not received') and infinities."""
+    if value is None or not math.isfinite(value) or abs(value) >= UNSET_DOUBLE:
+        return None
+    return value
+
+
+async def read_pnl_values(
+    ib: IB, snapshot: IBSnapshot, wanted: list[Position], settings: IBSettings, client_id: int, started: float
+) -> None:
+    """Fill `snapshot` (positions, downloads with each account's base currency and rates, unavailable, unread,
+    seconds) from one PnL subscription per wanted pair, waiting at most IB_REQUEST_TIMEOUT and what is left of
+    IB_READ_BUDGET. IBTimeout when no pair's value came at all, IBDisconnected when the connection drops."""
+    deadline = min(time.monotonic() + settings.request_timeout, started + settings.read_budget)
+    pairs = {(p.account, p.contract.conId) for p in wanted}
+    accounts = sorted({account for account, _ in pairs})
+    arrived: dict[tuple[str, int], tuple[PnLSingle, datetime, float]] = {}
+    all_in = asyncio.Event()
+    began = time.monotonic()
+
+    def keep(pnl: PnLSingle) -> None:
+        key = (pnl.account, pnl.conId)
+        if key in pairs and key not in arrived and ib_number(pnl.value) is not None:
+            arrived[key] = (replace(pnl), datetime.now(UTC), time.monotonic() - began)
+            if len(arrived) == len(pairs):
+                all_in.set()
+
+    ib.pnlSingleEvent += keep
+    subscribed: list[tuple[str, int]] = []
+    facts = asyncio.ensure_future(_accounts_facts(ib, accounts, settings, deadline))
+    try:
+        for account, conid in sorted(pairs):
+            ib.reqPnLSingle(account, "", conid)
+            subscribed.append((account, conid))
+        if pairs:
+            with contextlib.suppress(TimeoutError):  # what came is kept; the rest is unread
+                await asyncio.wait_for(all_in.wait(), max(deadline - time.monotonic(), 0.0))
+        if not ib.isConnected():
+            raise IBDisconnected(disconnect_text(settings, client_id, "the reqPnLSingle subscriptions"))
+        snapshot.downloads.update(await facts)
+    finally:
+        ib.pnlSingleEvent -= keep
+        facts.cancel()
+        for account, conid in subscribed:
+            ib.cancelPnLSingle(account, "", conid)
+        await _cancels_sent(ib, len(subscribed) + len(accounts))
+    missing = sorted(pairs - set(arrived))
+    if pairs and not arrived:
+        raise IBTimeout(
+            f"no reqPnLSingle value came from IB at {settings.where} (client id {client_id}) within "
+            f"{deadline - began:.3g} s for any of {len(pairs)} positions in {', '.join(accounts)}: the items are "
+            "released and retried"
+        )
+    _note_missing(snapshot, missing, deadline - began)
+    for account in accounts:
+        times = [seconds for (a, _), (_, _, seconds) in arrived.items() if a == account]
+        snapshot.seconds[account] = deadline - began if account in snapshot.unavailable else max(times, default=0.0)
+    snapshot.unread = set(missing)
+    snapshot.positions = [
+        _held(p, *arrived[(p.account, p.contract.conId)][:2], snapshot.downloads[p.account])
+        for p in wanted
+        if (p.account, p.contract.conId) in arrived
+    ]
+
+
+def _note_missing(snapshot: IBSnapshot, missing: list[tuple[str, int]], waited: float) -> None:
+    """Each account with pairs whose value never came is unavailable for those pairs, with a reason naming them."""
+    by_account: dict[str, list[int]] = {}
+    for account, conid in missing:
+        by_account.setdefault(account, []).append(conid)
+    for account, conids in by_account.items():
+        named = ", ".join(str(c) for c in conids[:5]) + (f" and {len(conids) - 5} more" if len(conids) > 5 else "")
+        snapshot.unavailable[account] = (
+            f"reqPnLSingle sent no value for conid {named} within {waited:.3g} s (unset or not sent): "
+            "those items are given back and retried"
+        )
+        log.warning("account %s: %s", account, snapshot.unavailable[account])
+
+
+async def _accounts_facts(
+    ib: IB, accounts: list[str], settings: IBSettings, deadline: float
+) -> dict[str, AccountDownload]:
+    """Each account's base currency and rates from its account values (reqAccountUpdatesMulti), all at once, each
+    cancelled; an account whose values do not come by `deadline` has none (null base values, a warning)."""
+    found = await asyncio.gather(*(_account_facts(ib, a, settings, deadline) for a in accounts))
+    return dict(zip(accounts, found, strict=True))
+
+
+async def _account_facts(ib: IB, account: str, settings: IBSettings, deadline: float) -> AccountDownload:
+    download = AccountDownload(account, datetime.now(UTC))
+    req_id = ib.client.getReqId()
+    ended = ib.wrapper.startReq(req_id)
+    ib.client.reqAccountUpdatesMulti(req_id, account, "", False)
+    try:
+        await asyncio.wait_for(ended, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        log.warning("account %s: no account values (reqAccountUpdatesMulti) in time: no base-currency values", account)
+    except ConnectionError:
+        return download
+    finally:
+        if ib.isConnected():
+            ib.client.cancelAccountUpdatesMulti(req_id)
+    values = [v for v in ib.wrapper.accountValues.values() if v.account == account and not v.modelCode]
+    download.finished_at = datetime.now(UTC)
+    account_facts(download, values, settings.zone)
+    return download
+
+
+async def _cancels_sent(ib: IB, queued: int) -> None:
+    """Wait (bounded) until the cancels have left ib_async's throttled queue and the gateway has read them: a
+    reqCurrentTime sent after them is answered only then."""
+    if not queued or not ib.isConnected():
+        return
+    try:
+        await asyncio.wait_for(ib.reqCurrentTimeAsync(), 5.0 + queued * _DRAIN_S)
+    except (TimeoutError, ConnectionError) as exc:
+        log.warning("the PnL cancels may not all have reached the gateway (%r); disconnecting ends them", exc)
+
+
+def _held(p: Position, pnl: PnLSingle, at: datetime, download: AccountDownload) -> HeldPosition:
+    """A row's position from its PnL message: value, PnL, the message's quantity, price = value / (quantity x
+    multiplier) (unknown for a closed position), in the contract's currency."""
+    c = p.contract
+    value, quantity = ib_number(pnl.value), float(pnl.position)
+    multiplier = float(c.multiplier) if c.multiplier else 1.0
+    return HeldPosition(
+        account=p.account,
+        conid=c.conId,
+        symbol=c.symbol,
+        sec_type=c.secType,
+        expiry=c.lastTradeDateOrContractMonth,
+        strike=c.strike,
+        right=c.right,
+        multiplier=c.multiplier,
+        currency=c.currency,
+        local_symbol=c.localSymbol,
+        trading_class=c.tradingClass,
+        exchange=c.exchange,
+        position=quantity,
+        average_cost=p.avgCost,
+        market_price=None if value is None or quantity == 0 else value / (quantity * multiplier),
+        market_value=value,
+        unrealized_pnl=ib_number(pnl.unrealizedPnL),
+        realized_pnl=ib_number(pnl.realizedPnL),
+        values_as_of=at,
+        base_currency=download.base_currency,
+        fx_rate=download.fx_rate(c.currency),
+        connect_position=p.position,
+        daily_pnl=ib_number(pnl.dailyPnL),
+        values_from=terms.ValuesFrom.PNL,
+    )
