@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 UNSET_DOUBLE = 1.7976931348623157e308
 """IB's 'not computed yet' (Double.MAX_VALUE), which ib_async passes through."""
 
-_DRAIN_S = 1.0 / 40
-"""Seconds per queued request when waiting for the cancels to leave: ib_async sends at most 45 a second."""
+REQUESTS_PER_S = 40
+"""This mode's requests a second (subscribe and cancel): under IB's 50, with room for the gateway's own clock."""
 
 
 def ib_number(value: float | None) -> float | None:
@@ -51,52 +51,69 @@ async def read_pnl_values(
     ib: IB, snapshot: IBSnapshot, wanted: list[Position], settings: IBSettings, client_id: int, started: float
 ) -> None:
     """Fill `snapshot` (positions, downloads with each account's base currency and rates, unavailable, unread,
-    seconds) from one PnL subscription per wanted pair, waiting at most IB_REQUEST_TIMEOUT and what is left of
-    IB_READ_BUDGET. IBTimeout when no pair's value came at all, IBDisconnected when the connection drops."""
-    deadline = min(time.monotonic() + settings.request_timeout, started + settings.read_budget)
+    seconds) from one PnL subscription per wanted pair, within IB_REQUEST_TIMEOUT and what is left of IB_READ_BUDGET,
+    the time to cancel included: pairs that would not fit are not asked for (unread, given back). IBTimeout when no
+    pair's value came at all, IBDisconnected when the connection drops."""
+    window_end = min(time.monotonic() + settings.request_timeout, started + settings.read_budget)
     pairs = {(p.account, p.contract.conId) for p in wanted}
     accounts = sorted({account for account, _ in pairs})
     arrived: dict[tuple[str, int], tuple[PnLSingle, datetime, float]] = {}
+    asked: set[tuple[str, int]] = set()
     all_in = asyncio.Event()
     began = time.monotonic()
+    pacer = _Pacer()
 
     def keep(pnl: PnLSingle) -> None:
         key = (pnl.account, pnl.conId)
-        if key in pairs and key not in arrived and ib_number(pnl.value) is not None:
+        if key in asked and key not in arrived and ib_number(pnl.value) is not None:
             arrived[key] = (replace(pnl), datetime.now(UTC), time.monotonic() - began)
             if len(arrived) == len(pairs):
                 all_in.set()
 
     ib.pnlSingleEvent += keep
     subscribed: list[tuple[str, int]] = []
-    facts = asyncio.ensure_future(_accounts_facts(ib, accounts, settings, deadline))
+    facts: dict[str, AccountDownload] = {}
+    multi: list[int] = []
     try:
-        for account, conid in sorted(pairs):
+        for account in accounts:  # the account values first: their replies come while the PnL is asked for
+            await pacer.turn()
+            multi.append(_ask_account_values(ib, account))
+        for account, conid in _round_robin(pairs):
+            if time.monotonic() + (len(subscribed) + len(multi) + 1) * pacer.gap >= window_end:
+                break  # no time left to ask and cancel: the rest is unread
+            await pacer.turn()
+            asked.add((account, conid))
             ib.reqPnLSingle(account, "", conid)
             subscribed.append((account, conid))
+        values_end = window_end - (len(subscribed) + len(multi)) * pacer.gap
         if pairs:
             with contextlib.suppress(TimeoutError):  # what came is kept; the rest is unread
-                await asyncio.wait_for(all_in.wait(), max(deadline - time.monotonic(), 0.0))
+                await asyncio.wait_for(all_in.wait(), max(values_end - time.monotonic(), 0.0))
         if not ib.isConnected():
             raise IBDisconnected(disconnect_text(settings, client_id, "the reqPnLSingle subscriptions"))
-        snapshot.downloads.update(await facts)
+        facts = {a: _account_facts(ib, a, settings) for a in accounts}
     finally:
         ib.pnlSingleEvent -= keep
-        facts.cancel()
         for account, conid in subscribed:
+            await pacer.turn()
             ib.cancelPnLSingle(account, "", conid)
-        await _cancels_sent(ib, len(subscribed) + len(accounts))
-    missing = sorted(pairs - set(arrived))
+        for req_id in multi:
+            await pacer.turn()
+            if ib.isConnected():
+                ib.client.cancelAccountUpdatesMulti(req_id)
+        await _cancels_sent(ib, len(subscribed) + len(multi))
+    snapshot.downloads.update(facts)
+    waited = time.monotonic() - began
     if pairs and not arrived:
         raise IBTimeout(
-            f"no reqPnLSingle value came from IB at {settings.where} (client id {client_id}) within "
-            f"{deadline - began:.3g} s for any of {len(pairs)} positions in {', '.join(accounts)}: the items are "
-            "released and retried"
+            f"no reqPnLSingle value came from IB at {settings.where} (client id {client_id}) within {waited:.3g} s "
+            f"for any of {len(pairs)} positions in {', '.join(accounts)}: the items are released and retried"
         )
-    _note_missing(snapshot, missing, deadline - began)
+    missing = sorted(pairs - set(arrived))
+    _note_missing(snapshot, missing, len(pairs) - len(subscribed), waited)
     for account in accounts:
         times = [seconds for (a, _), (_, _, seconds) in arrived.items() if a == account]
-        snapshot.seconds[account] = deadline - began if account in snapshot.unavailable else max(times, default=0.0)
+        snapshot.seconds[account] = waited if account in snapshot.unavailable else max(times, default=0.0)
     snapshot.unread = set(missing)
     snapshot.positions = [
         _held(p, *arrived[(p.account, p.contract.conId)][:2], snapshot.downloads[p.account])
@@ -105,56 +122,75 @@ async def read_pnl_values(
     ]
 
 
-def _note_missing(snapshot: IBSnapshot, missing: list[tuple[str, int]], waited: float) -> None:
+def _round_robin(pairs: set[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The pairs, one of each account in turn: when not all fit in the bound, every account gets its share."""
+    rank: dict[str, int] = {}
+    ordered = []
+    for account, conid in sorted(pairs):
+        rank[account] = rank.get(account, -1) + 1
+        ordered.append((rank[account], account, conid))
+    return [(account, conid) for _, account, conid in sorted(ordered)]
+
+
+class _Pacer:
+    """Spaces one read's requests evenly, REQUESTS_PER_S a second: IB refuses (error 100) more than 50 messages
+    in a second, and ib_async's own throttle (45 per second, sent in bursts) can land 46-90 in the gateway's second."""
+
+    def __init__(self) -> None:
+        self.gap = 1.0 / REQUESTS_PER_S
+        self._next = time.monotonic()
+
+    async def turn(self) -> None:
+        now = time.monotonic()
+        if self._next > now:
+            await asyncio.sleep(self._next - now)
+        self._next = max(now, self._next) + self.gap
+
+
+def _note_missing(snapshot: IBSnapshot, missing: list[tuple[str, int]], not_asked: int, waited: float) -> None:
     """Each account with pairs whose value never came is unavailable for those pairs, with a reason naming them."""
     by_account: dict[str, list[int]] = {}
     for account, conid in missing:
         by_account.setdefault(account, []).append(conid)
     for account, conids in by_account.items():
         named = ", ".join(str(c) for c in conids[:5]) + (f" and {len(conids) - 5} more" if len(conids) > 5 else "")
+        unasked = (
+            f"; {not_asked} positions of the read were not asked for: asking and cancelling them would not fit in "
+            "IB_REQUEST_TIMEOUT/IB_READ_BUDGET at IB's 50 messages a second"
+        ) * bool(not_asked)
         snapshot.unavailable[account] = (
-            f"reqPnLSingle sent no value for conid {named} within {waited:.3g} s (unset or not sent): "
+            f"reqPnLSingle sent no value for conid {named} within {waited:.3g} s (unset or not sent{unasked}): "
             "those items are given back and retried"
         )
         log.warning("account %s: %s", account, snapshot.unavailable[account])
 
 
-async def _accounts_facts(
-    ib: IB, accounts: list[str], settings: IBSettings, deadline: float
-) -> dict[str, AccountDownload]:
-    """Each account's base currency and rates from its account values (reqAccountUpdatesMulti), all at once, each
-    cancelled; an account whose values do not come by `deadline` has none (null base values, a warning)."""
-    found = await asyncio.gather(*(_account_facts(ib, a, settings, deadline) for a in accounts))
-    return dict(zip(accounts, found, strict=True))
-
-
-async def _account_facts(ib: IB, account: str, settings: IBSettings, deadline: float) -> AccountDownload:
-    download = AccountDownload(account, datetime.now(UTC))
+def _ask_account_values(ib: IB, account: str) -> int:
+    """reqAccountUpdatesMulti for `account` (its values fill `ib.wrapper.accountValues`); the request id, to cancel."""
     req_id = ib.client.getReqId()
-    ended = ib.wrapper.startReq(req_id)
+    ib.wrapper.startReq(req_id)  # resolved at its end message; the values are read from the wrapper
     ib.client.reqAccountUpdatesMulti(req_id, account, "", False)
-    try:
-        await asyncio.wait_for(ended, max(deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        log.warning("account %s: no account values (reqAccountUpdatesMulti) in time: no base-currency values", account)
-    except ConnectionError:
-        return download
-    finally:
-        if ib.isConnected():
-            ib.client.cancelAccountUpdatesMulti(req_id)
+    return req_id
+
+
+def _account_facts(ib: IB, account: str, settings: IBSettings) -> AccountDownload:
+    """The account's base currency and rates from the account values that came; none came: null base values (the
+    rows say so through `sync.missing_rates`)."""
+    download = AccountDownload(account, datetime.now(UTC))
     values = [v for v in ib.wrapper.accountValues.values() if v.account == account and not v.modelCode]
-    download.finished_at = datetime.now(UTC)
+    if not values:
+        log.warning("account %s: no account values (reqAccountUpdatesMulti) in time: no base-currency values", account)
     account_facts(download, values, settings.zone)
     return download
 
 
 async def _cancels_sent(ib: IB, queued: int) -> None:
-    """Wait (bounded) until the cancels have left ib_async's throttled queue and the gateway has read them: a
-    reqCurrentTime sent after them is answered only then."""
+    """Wait (bounded) until the gateway has read the cancels: a reqCurrentTime sent after them is answered only
+    then."""
     if not queued or not ib.isConnected():
         return
     try:
-        await asyncio.wait_for(ib.reqCurrentTimeAsync(), 5.0 + queued * _DRAIN_S)
+        await asyncio.wait_for(ib.reqCurrentTimeAsync(), 5.0)
     except (TimeoutError, ConnectionError) as exc:
         log.warning("the PnL cancels may not all have reached the gateway (%r); disconnecting ends them", exc)
 
