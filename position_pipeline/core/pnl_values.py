@@ -110,7 +110,7 @@ async def read_pnl_values(
             f"for any of {len(pairs)} positions in {', '.join(accounts)}: the items are released and retried"
         )
     missing = sorted(pairs - set(arrived))
-    _note_missing(snapshot, missing, len(pairs) - len(subscribed), waited)
+    _note_missing(snapshot, missing, asked, waited)
     for account in accounts:
         times = [seconds for (a, _), (_, _, seconds) in arrived.items() if a == account]
         snapshot.seconds[account] = waited if account in snapshot.unavailable else max(times, default=0.0)
@@ -147,22 +147,27 @@ class _Pacer:
         self._next = max(now, self._next) + self.gap
 
 
-def _note_missing(snapshot: IBSnapshot, missing: list[tuple[str, int]], not_asked: int, waited: float) -> None:
-    """Each account with pairs whose value never came is unavailable for those pairs, with a reason naming them."""
-    by_account: dict[str, list[int]] = {}
-    for account, conid in missing:
-        by_account.setdefault(account, []).append(conid)
-    for account, conids in by_account.items():
-        named = ", ".join(str(c) for c in conids[:5]) + (f" and {len(conids) - 5} more" if len(conids) > 5 else "")
-        unasked = (
-            f"; {not_asked} positions of the read were not asked for: asking and cancelling them would not fit in "
-            "IB_REQUEST_TIMEOUT/IB_READ_BUDGET at IB's 50 messages a second"
-        ) * bool(not_asked)
-        snapshot.unavailable[account] = (
-            f"reqPnLSingle sent no value for conid {named} within {waited:.3g} s (unset or not sent{unasked}): "
-            "those items are given back and retried"
-        )
+def _note_missing(
+    snapshot: IBSnapshot, missing: list[tuple[str, int]], asked: set[tuple[str, int]], waited: float
+) -> None:
+    """Each account with pairs whose value never came (or that were not asked for: they would not fit in the bound)
+    is unavailable for those pairs, with a reason naming them."""
+    for account in sorted({a for a, _ in missing}):
+        silent = [c for a, c in missing if a == account and (a, c) in asked]
+        unasked = [c for a, c in missing if a == account and (a, c) not in asked]
+        why = [f"reqPnLSingle sent no value for conid {_some(silent)} within {waited:.3g} s (unset or not sent)"]
+        why *= bool(silent)
+        if unasked:
+            why.append(
+                f"conid {_some(unasked)} not asked for: asking for and cancelling them would not fit in "
+                "IB_REQUEST_TIMEOUT/IB_READ_BUDGET at 40 requests a second"
+            )
+        snapshot.unavailable[account] = "; ".join(why) + ": those items are given back and retried"
         log.warning("account %s: %s", account, snapshot.unavailable[account])
+
+
+def _some(conids: list[int]) -> str:
+    return ", ".join(str(c) for c in conids[:5]) + (f" and {len(conids) - 5} more" if len(conids) > 5 else "")
 
 
 def _ask_account_values(ib: IB, account: str) -> int:
