@@ -84,6 +84,7 @@ def batch(gateway: GatewayThread, items: list[dict[str, Any]], mode: terms.Value
             "rows": steps.rows,
             "given_back": steps.given_back,
             "accounts": rows["account"].n_unique(),
+            "pairs": rows.select("account", "conid").n_unique(),  # distinct (account, conid) with values
             "seconds": total,
             "ib_read_s": steps.ib_read,
             "claim_s": steps.claim,
@@ -112,8 +113,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             backfill = batch(gateway, spread(state, BACKFILL_ITEMS if not quick else 1_000), mode)
             figures[f"{mode}_sensor_batch"], figures[f"{mode}_backfill_batch"] = sensor, backfill
             for name, b in (("sensor batch", sensor), ("backfill batch", backfill)):
-                rows.append([str(mode), name, b["items"], b["rows"], b["given_back"], b["accounts"], b["seconds"],
-                             b["ib_read_s"], b["values_age_median_s"], b["values_age_max_s"]])  # fmt: skip
+                rows.append([str(mode), name, b["items"], b["rows"], b["pairs"], b["given_back"], b["accounts"],
+                             b["seconds"], b["ib_read_s"], b["values_age_median_s"], b["values_age_max_s"]])  # fmt: skip
     pnl_sensor = figures[f"{terms.ValuesFrom.PNL}_sensor_batch"]["seconds"]
     figures["verdict_cadence_pnl"] = report.verdict(pnl_sensor, CADENCE_S)
     for mode in terms.ValuesFrom:
@@ -122,7 +123,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
         report.table(
             f"Desk: {accounts} accounts, {positions:,} positions, {DOWNLOAD_S:g} s per account download, "
             f"{PNL_S:g} s before a PnL subscription's first message",
-            ["values from", "batch", "items", "rows", "given back", "accounts", "seconds", "IB read s",
+            ["values from", "batch", "items", "rows", "pairs", "given back", "accounts", "seconds", "IB read s",
              "age median s", "age max s"],
             rows,
         )

@@ -166,19 +166,10 @@ def _held_positions(
 
 def _held(account: str, c: Contract, download: AccountDownload, connect: float | None, cost: float) -> HeldPosition:
     item: PortfolioItem | None = download.items.get(c.conId)
-    return HeldPosition(
-        account=account,
-        conid=c.conId,
-        symbol=c.symbol,
-        sec_type=c.secType,
-        expiry=c.lastTradeDateOrContractMonth,
-        strike=c.strike,
-        right=c.right,
-        multiplier=c.multiplier,
-        currency=c.currency,
-        local_symbol=c.localSymbol,
-        trading_class=c.tradingClass,
-        exchange=c.exchange or _listing(item),
+    return HeldPosition.of(
+        account,
+        c,
+        c.exchange or _listing(item),
         position=item.position if item else (connect or 0.0),
         average_cost=item.averageCost if item else cost,
         market_price=item.marketPrice if item else None,

@@ -8,7 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
+
+from ib_async import Contract
 
 from position_pipeline.core import terms
 from position_pipeline.core.account_download import AccountDownload
@@ -78,6 +81,16 @@ class HeldPosition:
     connect_position: float | None = None
     daily_pnl: float | None = None
     values_from: terms.ValuesFrom = terms.ValuesFrom.ACCOUNT_UPDATES
+
+    @classmethod
+    def of(cls, account: str, c: Contract, exchange: str, **values: Any) -> HeldPosition:
+        """`account`'s position in contract `c` (ib_async's), with these values."""
+        return cls(
+            account=account, conid=c.conId, symbol=c.symbol, sec_type=c.secType,
+            expiry=c.lastTradeDateOrContractMonth, strike=c.strike, right=c.right, multiplier=c.multiplier,
+            currency=c.currency, local_symbol=c.localSymbol, trading_class=c.tradingClass, exchange=exchange,
+            **values,
+        )  # fmt: skip
 
     @property
     def moved(self) -> bool:

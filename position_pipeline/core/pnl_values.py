@@ -206,19 +206,10 @@ def _held(p: Position, pnl: PnLSingle, at: datetime, download: AccountDownload) 
     c = p.contract
     value, quantity = ib_number(pnl.value), float(pnl.position)
     multiplier = float(c.multiplier) if c.multiplier else 1.0
-    return HeldPosition(
-        account=p.account,
-        conid=c.conId,
-        symbol=c.symbol,
-        sec_type=c.secType,
-        expiry=c.lastTradeDateOrContractMonth,
-        strike=c.strike,
-        right=c.right,
-        multiplier=c.multiplier,
-        currency=c.currency,
-        local_symbol=c.localSymbol,
-        trading_class=c.tradingClass,
-        exchange=c.exchange,
+    return HeldPosition.of(
+        p.account,
+        c,
+        c.exchange,
         position=quantity,
         average_cost=p.avgCost,
         market_price=None if value is None or quantity == 0 else value / (quantity * multiplier),

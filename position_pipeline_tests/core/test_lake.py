@@ -267,15 +267,22 @@ def test_concurrent_creators_all_get_the_table(tmp_path: Path) -> None:
     assert dt.version() == 0 and dt.metadata().partition_columns == ["snapshot_date"]
 
 
-def test_a_table_from_before_the_desk_columns_gets_them_and_keeps_its_rows(tmp_path: Path) -> None:
-    """An existing lake needs nothing: the first ensure (every sync run's) adds the new columns, null in old rows."""
-    root = str(tmp_path / "lake")
+def _table_without(root: str, missing: list[str]) -> tuple[str, list[str], pl.DataFrame]:
+    """A position_updates table written before the `missing` columns existed, with one row: its URI, its columns
+    and that row."""
     uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
-    old_names = [n for n in lake.POSITION_UPDATES_SCHEMA.names() if n not in DESK_VALUES]
+    old_names = [n for n in lake.POSITION_UPDATES_SCHEMA.names() if n not in missing]
     old_schema = pa.schema([lake.POSITION_UPDATES_ARROW_SCHEMA.field(n) for n in old_names])
     DeltaTable.create(uri, old_schema, partition_by=["snapshot_date"])
     old_row = _updates([{"request_id": "old", "snapshot_date": date(2030, 1, 2)}]).select(old_names)
     write_deltalake(uri, old_row.to_arrow().cast(old_schema), mode="append")
+    return uri, old_names, old_row
+
+
+def test_a_table_from_before_the_desk_columns_gets_them_and_keeps_its_rows(tmp_path: Path) -> None:
+    """An existing lake needs nothing: the first ensure (every sync run's) adds the new columns, null in old rows."""
+    root = str(tmp_path / "lake")
+    uri, old_names, _ = _table_without(root, DESK_VALUES)
     assert lake.ensure_position_updates_table(root) == uri
     dt = DeltaTable(uri)
     assert dt.version() == 2 and [f.name for f in dt.schema().fields] == lake.POSITION_UPDATES_SCHEMA.names()
@@ -297,12 +304,7 @@ def test_a_table_from_before_the_desk_columns_gets_them_and_keeps_its_rows(tmp_p
 def test_a_table_with_the_issue_13_columns_gets_daily_pnl_and_values_from(tmp_path: Path) -> None:
     """A lake written once values_as_of and the base values existed, before daily_pnl and values_from: one ALTER."""
     root = str(tmp_path / "lake")
-    uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
-    old_names = [n for n in lake.POSITION_UPDATES_SCHEMA.names() if n not in ("daily_pnl", "values_from")]
-    old_schema = pa.schema([lake.POSITION_UPDATES_ARROW_SCHEMA.field(n) for n in old_names])
-    DeltaTable.create(uri, old_schema, partition_by=["snapshot_date"])
-    old_row = _updates([{"request_id": "old", "snapshot_date": date(2030, 1, 2)}]).select(old_names)
-    write_deltalake(uri, old_row.to_arrow().cast(old_schema), mode="append")
+    uri, _, old_row = _table_without(root, ["daily_pnl", "values_from"])
 
     assert lake.ensure_position_updates_table(root) == uri
 
