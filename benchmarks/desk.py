@@ -114,7 +114,8 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             figures[f"{mode}_sensor_batch"], figures[f"{mode}_backfill_batch"] = sensor, backfill
             for name, b in (("sensor batch", sensor), ("backfill batch", backfill)):
                 rows.append([str(mode), name, b["items"], b["rows"], b["pairs"], b["given_back"], b["accounts"],
-                             b["seconds"], b["ib_read_s"], b["values_age_median_s"], b["values_age_max_s"]])  # fmt: skip
+                             b["seconds"], b["ib_read_s"], b["values_age_median_s"],
+                             b["values_age_max_s"]])  # fmt: skip
     pnl_sensor = figures[f"{terms.ValuesFrom.PNL}_sensor_batch"]["seconds"]
     figures["verdict_cadence_pnl"] = report.verdict(pnl_sensor, CADENCE_S)
     for mode in terms.ValuesFrom:
