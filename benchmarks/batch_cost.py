@@ -49,7 +49,7 @@ from benchmarks import report
 from position_pipeline.core import lake
 from position_pipeline.core.ib_reader import IBSettings, read_snapshot
 from position_pipeline.core.queue import PositionQueue
-from position_pipeline.core.sync import failures, position_update_rows, snapshot_results
+from position_pipeline.core.sync import failures, given_back, position_update_rows, snapshot_results
 from position_pipeline.defs.assets import (
     SENSOR_BATCH_SIZE,
     ib_snapshot,
@@ -123,6 +123,7 @@ class BatchSteps:
     claimed: int = 0
     rows: int = 0
     marked: int = 0
+    given_back: int = 0
 
 
 def sync_batch(
@@ -160,7 +161,11 @@ def sync_batch(
 
     started = time.perf_counter()
     snapshot = read_snapshot(settings, batch["conid"].unique().to_list(), run)
-    results = snapshot_results(batch, snapshot)
+    back = given_back(batch, snapshot)  # as the ib_snapshot asset: unread items go back unjudged
+    if back:
+        queue.release(list(back), claimed_by=run)
+        steps.given_back = len(back)
+    results = snapshot_results(batch.filter(~pl.col("request_id").is_in(list(back))), snapshot)
     steps.ib_read = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -1,11 +1,12 @@
 """One polling read of positions and portfolio values from IB Gateway/TWS through ib_async. No Dagster here.
 
 Read-only, and never a market-data request: positions come from the reqPositions that ib_async sends at every connect
-(collected, then cancelled: no second request), and market values from reqAccountUpdates, one account at a time (IB
-serves one account across all clients), each unsubscribed before the next (`account_download`). A row's quantity and
-values come from the same portfolio item of that download; the connect-time figure is kept only to say when they
-differ. The connection is always closed on the way out. Every failure becomes an `IBError` (`ib_errors`) whose
-message says what happened and what to do.
+(collected, then cancelled: no second request). Market values come from one of two places (IB_VALUES_FROM): in the
+account mode from reqAccountUpdates, one account at a time (IB serves one account across all clients), each
+unsubscribed before the next (`account_download`); in the pnl mode from reqPnLSingle per wanted position, all at once
+(`pnl_values`). A row's quantity and values come from one message of IB (a portfolio item, a PnL message); the
+connect-time figure is kept only to say when they differ. The connection is always closed on the way out. Every
+failure becomes an `IBError` (`ib_errors`) whose message says what happened and what to do.
 """
 
 from __future__ import annotations
@@ -17,15 +18,11 @@ import re
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 from ib_async import IB, Contract, PortfolioItem, Position, StartupFetch
 
-from position_pipeline.core import terms
 from position_pipeline.core.account_download import AccountDownload, read_account_when_free
-from position_pipeline.core.account_time import gateway_zone
 from position_pipeline.core.ib_errors import (
     ACCOUNT_UPDATES_REFUSED,
     CLIENT_ID_IN_USE,
@@ -44,6 +41,9 @@ from position_pipeline.core.ib_errors import (
     timeout_text,
     until_code,
 )
+from position_pipeline.core.ib_records import HeldPosition, IBSettings, IBSnapshot
+from position_pipeline.core.pnl_values import read_pnl_values
+from position_pipeline.core.terms import ValuesFrom
 
 __all__ = [
     "ACCOUNT_UPDATES_REFUSED", "CLIENT_ID_IN_USE", "AccountUnavailable", "ClientIdInUse", "GatewayUnreachable",
@@ -53,95 +53,6 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IBSettings:
-    """Where the gateway is and how long to wait; the resource fills it from its config."""
-
-    host: str = terms.IB_HOST
-    port: int = terms.IB_PORT
-    client_id: int = terms.IB_CLIENT_ID
-    client_id_span: int = terms.IB_CLIENT_ID_SPAN
-    accounts: tuple[str, ...] = ()
-    connect_timeout: float = terms.IB_CONNECT_TIMEOUT_S
-    request_timeout: float = terms.IB_REQUEST_TIMEOUT_S
-    client_id_attempts: int = 5
-    gateway_tz: str = terms.IB_GATEWAY_TZ
-    read_budget: float = terms.IB_READ_BUDGET_S
-
-    def __post_init__(self) -> None:
-        gateway_zone(self.gateway_tz)  # refused here, before any connection: ValueError naming IB_GATEWAY_TZ
-        if not self.read_budget > 0 or not math.isfinite(self.read_budget):
-            raise ValueError(f"IB_READ_BUDGET must be a positive number of seconds, got {self.read_budget!r}")
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return gateway_zone(self.gateway_tz)
-
-
-@dataclass(frozen=True)
-class HeldPosition:
-    """A position with its contract and, when IB sent them, its portfolio values and what the download said about
-    them: `position` and `average_cost` are the portfolio item's (the values' moment) when there is one, else the
-    connect-time reqPositions figures, which `connect_position` always keeps."""
-
-    account: str
-    conid: int
-    symbol: str
-    sec_type: str
-    expiry: str
-    strike: float
-    right: str
-    multiplier: str
-    currency: str
-    local_symbol: str
-    trading_class: str
-    exchange: str
-    position: float
-    average_cost: float
-    market_price: float | None = None
-    market_value: float | None = None
-    unrealized_pnl: float | None = None
-    realized_pnl: float | None = None
-    account_update_time: str | None = None
-    values_as_of: datetime | None = None
-    base_currency: str | None = None
-    fx_rate: float | None = None
-    connect_position: float | None = None
-
-    @property
-    def moved(self) -> bool:
-        """The quantity changed between the connect-time reqPositions and the account download (a fill)."""
-        return self.connect_position is not None and self.connect_position != self.position
-
-
-@dataclass
-class IBSnapshot:
-    """What one read saw: every position of the wanted contracts in the configured accounts."""
-
-    taken_at: datetime
-    client_id: int
-    server_version: int
-    managed_accounts: list[str]
-    accounts: list[str]  # the accounts this read covered: the configured ones, else every managed one
-    positions: list[HeldPosition] = field(default_factory=list)
-    notices: Notices = field(default_factory=list)
-    downloads: dict[str, AccountDownload] = field(default_factory=dict)  # by account, each account read once
-    unavailable: dict[str, str] = field(default_factory=dict)  # account -> why its download failed
-    unread: set[tuple[str, int]] = field(default_factory=set)  # (account, conid) held there, values not read
-    seconds: dict[str, float] = field(default_factory=dict)  # account -> seconds spent on it, read or not
-    positions_from_downloads: bool = False  # IB refused reqPositions: every account read, holdings from downloads
-
-    def by_conid(self) -> dict[int, list[HeldPosition]]:
-        found: dict[int, list[HeldPosition]] = {}
-        for position in self.positions:
-            found.setdefault(position.conid, []).append(position)
-        return found
 
 
 def client_id_for(seed: str, settings: IBSettings, attempt: int = 0) -> int:
@@ -191,40 +102,52 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
         wanted = [p for p in latest.values() if p.account in accounts and p.contract.conId in conids]
         needed = sorted({p.account for p in wanted})
         if refused:  # no position list: every account is read, and its download lists its positions
-            log.warning("IB refused reqPositions (%s): reading every account's download instead", refused[0])
+            log.warning("IB refused reqPositions (%s): reading every account's download instead%s", refused[0],
+                        " (pnl mode needs the position list)" * (settings.values_from is ValuesFrom.PNL))  # fmt: skip
             snapshot.positions_from_downloads, needed = True, sorted(accounts) if conids else []
-        causes: list[BaseException | None] = []
-        for account in needed:
-            left = settings.read_budget - (time.monotonic() - started)
-            if left <= 0:
-                snapshot.unavailable[account] = (
-                    f"the read's budget of {settings.read_budget:g} s (IB_READ_BUDGET) was spent before {account} "
-                    "was read"
-                )
-                continue
-            began = time.monotonic()
-            try:
-                snapshot.downloads[account] = await read_account_when_free(
-                    ib, account, settings, min(settings.request_timeout, left), client_id, notices, settings.zone
-                )
-            except AccountUnavailable as exc:
-                log.warning("account %s not read: %s", account, exc)
-                snapshot.unavailable[account] = str(exc)
-                causes.append(exc.__cause__)
-            snapshot.seconds[account] = time.monotonic() - began
-        if needed and not snapshot.downloads:  # nothing to write: the run fails and the sensor backs off
-            kind = IBTimeout if all(isinstance(c, IBTimeout) for c in causes) else IBError
-            raise kind(
-                f"no account could be read from IB at {settings.where} (client id {client_id}): "
-                + "; ".join(f"{a}: {why}" for a, why in snapshot.unavailable.items())
-            )
-        snapshot.unread = {(p.account, p.contract.conId) for p in wanted if p.account not in snapshot.downloads}
-        wanted = [p for p in wanted if p.account in snapshot.downloads]
+        if settings.values_from is ValuesFrom.PNL and not refused:
+            await read_pnl_values(ib, snapshot, wanted, settings, client_id, started)
+        else:
+            await _read_downloads(ib, snapshot, needed, settings, client_id, started)
+            snapshot.unread = {(p.account, p.contract.conId) for p in wanted if p.account not in snapshot.downloads}
+            wanted = [p for p in wanted if p.account in snapshot.downloads]
+            snapshot.positions = _held_positions(wanted, snapshot.downloads, conids)
         snapshot.taken_at = datetime.now(UTC)
-        snapshot.positions = _held_positions(wanted, snapshot.downloads, conids)
         return snapshot
     finally:
         ib.disconnect()
+
+
+async def _read_downloads(
+    ib: IB, snapshot: IBSnapshot, needed: list[str], settings: IBSettings, client_id: int, started: float
+) -> None:
+    """The account mode: each needed account's download in turn, each within its own bound and what is left of the
+    read's budget; one that fails is unavailable. IBTimeout/IBError when none could be read."""
+    causes: list[BaseException | None] = []
+    for account in needed:
+        left = settings.read_budget - (time.monotonic() - started)
+        if left <= 0:
+            snapshot.unavailable[account] = (
+                f"the read's budget of {settings.read_budget:g} s (IB_READ_BUDGET) was spent before {account} was read"
+            )
+            continue
+        began = time.monotonic()
+        try:
+            snapshot.downloads[account] = await read_account_when_free(
+                ib, account, settings, min(settings.request_timeout, left), client_id, snapshot.notices,
+                settings.zone,
+            )  # fmt: skip
+        except AccountUnavailable as exc:
+            log.warning("account %s not read: %s", account, exc)
+            snapshot.unavailable[account] = str(exc)
+            causes.append(exc.__cause__)
+        snapshot.seconds[account] = time.monotonic() - began
+    if needed and not snapshot.downloads:  # nothing to write: the run fails and the sensor backs off
+        kind = IBTimeout if all(isinstance(c, IBTimeout) for c in causes) else IBError
+        raise kind(
+            f"no account could be read from IB at {settings.where} (client id {client_id}): "
+            + "; ".join(f"{a}: {why}" for a, why in snapshot.unavailable.items())
+        )
 
 
 def _held_positions(
@@ -243,19 +166,10 @@ def _held_positions(
 
 def _held(account: str, c: Contract, download: AccountDownload, connect: float | None, cost: float) -> HeldPosition:
     item: PortfolioItem | None = download.items.get(c.conId)
-    return HeldPosition(
-        account=account,
-        conid=c.conId,
-        symbol=c.symbol,
-        sec_type=c.secType,
-        expiry=c.lastTradeDateOrContractMonth,
-        strike=c.strike,
-        right=c.right,
-        multiplier=c.multiplier,
-        currency=c.currency,
-        local_symbol=c.localSymbol,
-        trading_class=c.tradingClass,
-        exchange=c.exchange or _listing(item),
+    return HeldPosition.of(
+        account,
+        c,
+        c.exchange or _listing(item),
         position=item.position if item else (connect or 0.0),
         average_cost=item.averageCost if item else cost,
         market_price=item.marketPrice if item else None,

@@ -236,10 +236,13 @@ DESK_VALUES = {
     "market_value_base": pl.Float64(),
     "unrealized_pnl_base": pl.Float64(),
     "realized_pnl_base": pl.Float64(),
+    "daily_pnl": pl.Float64(),
+    "values_from": pl.String(),
 }
-"""When IB computed the values (its account update time on the right day in IB_GATEWAY_TZ, as UTC) and the values
-in the account's base currency: `fx_rate` is the account's ExchangeRate for the row's currency from the same
-download (1.0 for the base currency), `*_base = * x fx_rate`; null when IB sent no rate, never a guessed 1.0.
+"""When IB computed the values (account updates: its update time on the right day in IB_GATEWAY_TZ; pnl: when the
+PnL message arrived; as UTC) and the values in the account's base currency: `fx_rate` is the account's ExchangeRate
+for the row's currency (1.0 for the base currency), `*_base = * x fx_rate`; null when IB sent no rate, never a
+guessed 1.0. `daily_pnl` (pnl mode only) and `values_from` (terms.ValuesFrom) say where the values came from.
 Nullable, and last in position_updates, so a lake written before they existed gets them by ALTER TABLE ADD COLUMNS
 (its older rows read null)."""
 

@@ -39,7 +39,7 @@ VALUE_COLUMNS = (
     "account", "conid", "symbol", "sec_type", "right", "strike", "expiry", "multiplier", "currency", "local_symbol",
     "position", "average_cost", "market_price", "market_value", "unrealized_pnl", "realized_pnl",
     "account_update_time", "snapshot_at", "request_id", "run_id", "values_as_of", "base_currency", "fx_rate",
-    "market_value_base", "unrealized_pnl_base", "realized_pnl_base",
+    "market_value_base", "unrealized_pnl_base", "realized_pnl_base", "daily_pnl", "values_from",
 )  # fmt: skip
 """The position_updates columns `latest_positions` returns, in this order, followed by `age_seconds` and
 `values_age_seconds`."""

@@ -57,9 +57,10 @@ def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot) -> pl.DataFrame:
 
 
 def given_back(batch: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, str]:
-    """request_id -> why, for the items of `batch` that need an account whose download failed: an item pinned to
-    it, or one without an account whose contract reqPositions lists there. They are given back (no attempt
-    counted) rather than judged, so an item never succeeds without the row of every account holding it."""
+    """request_id -> why, for the items of `batch` that need values IB did not give: an item pinned to an account
+    whose download failed (or, in the pnl mode, whose PnL for the item's contract never came), or one without an
+    account whose contract reqPositions lists in such an account. They are given back (no attempt counted) rather
+    than judged, so an item never succeeds without the row of every account holding it."""
     if not snapshot.unavailable:
         return {}
     if snapshot.positions_from_downloads:  # no position list: an account not read may hold any contract
@@ -75,10 +76,17 @@ def given_back(batch: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, str]:
         blocked.setdefault(conid, []).append(account)
     back: dict[str, str] = {}
     for request_id, conid, pinned in batch.select("request_id", "conid", "account").iter_rows():
-        accounts = blocked.get(conid, []) if pinned is None else [pinned] * (pinned in snapshot.unavailable)
+        accounts = blocked.get(conid, []) if pinned is None else [pinned] * _unread(snapshot, pinned, conid)
         if accounts:
             back[request_id] = "; ".join(f"account {a} was not read: {snapshot.unavailable[a]}" for a in accounts)
     return back
+
+
+def _unread(snapshot: IBSnapshot, account: str, conid: int) -> bool:
+    """Whether `account`'s values for `conid` were not read: the whole account (its download failed), or that pair
+    (pnl mode: the account's other pairs were read)."""
+    whole = account not in snapshot.downloads
+    return account in snapshot.unavailable and (whole or (account, conid) in snapshot.unread)
 
 
 def position_update_rows(results: pl.DataFrame, run_id: str) -> pl.DataFrame:
@@ -152,11 +160,11 @@ def values_ages(rows: pl.DataFrame) -> pl.Series:
 
 
 def position_moves(snapshot: IBSnapshot) -> list[str]:
-    """One line per position whose quantity in the account download differs from the connect-time reqPositions
-    figure (a fill in between): the row carries the download's, the figure of the values' moment."""
+    """One line per position whose quantity in the values' message (account download, PnL) differs from the
+    connect-time reqPositions figure (a fill in between): the row carries the figure of the values' moment."""
     return [
         f"{p.account} conid {p.conid} ({p.local_symbol or p.symbol}): reqPositions said {p.connect_position:g}, the "
-        f"account download {p.position:g}; the row has {p.position:g}"
+        f"{'PnL message' if p.values_from == 'pnl' else 'account download'} {p.position:g}; the row has {p.position:g}"
         for p in snapshot.positions
         if p.moved and p.connect_position is not None
     ]
@@ -237,6 +245,8 @@ def _values(p: HeldPosition) -> dict[str, object]:
         "market_value_base": _in_base(market_value, p.fx_rate),
         "unrealized_pnl_base": _in_base(unrealized, p.fx_rate),
         "realized_pnl_base": _in_base(p.realized_pnl, p.fx_rate),
+        "daily_pnl": p.daily_pnl,
+        "values_from": str(p.values_from),
     }
 
 

@@ -53,6 +53,30 @@ IB_READ_BUDGET_S = 120
 """Seconds the whole read (connect and every account's download) may take: well under the 480-s write fence, so
 a run that spent its budget still appends in time; accounts not reached within it are given back."""
 
+
+class ValuesFrom(StrEnum):
+    """Where a read takes the market values from (IB_VALUES_FROM); a row's `values_from` column names it."""
+
+    ACCOUNT_UPDATES = "account_updates"
+    """reqAccountUpdates per account, one account at a time (IB's rule across all clients): the account window's
+    values, refreshed about every 3 minutes; no daily PnL."""
+    PNL = "pnl"
+    """reqPnLSingle per (account, conid), concurrently: the portfolio window's real-time values and the daily PnL.
+    IB does not say which currency `value` is in: taken as the contract's, as updatePortfolio's."""
+
+
+IB_VALUES_FROM = ValuesFrom.ACCOUNT_UPDATES
+
+
+def values_from(text: str) -> ValuesFrom:
+    """The mode `text` names; ValueError naming IB_VALUES_FROM and the choices otherwise."""
+    try:
+        return ValuesFrom(text)
+    except ValueError:
+        choices = " or ".join(repr(v.value) for v in ValuesFrom)
+        raise ValueError(f"IB_VALUES_FROM must be {choices}, got {text!r}") from None
+
+
 SENSOR_BATCH_SIZE = 50
 """Items a sync run requested by the sensor claims (its run config sets SyncConfig.batch_size to this)."""
 BACKFILL_BATCH_SIZE = 200_000

@@ -59,6 +59,14 @@ class IBResource(dg.ConfigurableResource):
         "a bare HH:MM in the zone the gateway was logged in with.",
     )
 
+    values_from: str = Field(
+        default=str(terms.IB_VALUES_FROM),
+        description="Where the values come from (IB_VALUES_FROM): 'account_updates' (reqAccountUpdates, one "
+        "account at a time; the account window's values, refreshed about every 3 minutes) or 'pnl' (reqPnLSingle "
+        "per position, all accounts at once; real-time values and the daily PnL; IB does not document the currency "
+        "of its value, taken as the contract's). docs/design.md says which to choose.",
+    )
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Refuse bad settings when a run builds the resource, before any step claims an item."""
         self.settings()
@@ -89,7 +97,12 @@ class IBResource(dg.ConfigurableResource):
             gateway_zone(self.gateway_tz)
         except ValueError as exc:
             raise dg.DagsterInvalidConfigError(f"IBResource.gateway_tz: {exc}", [], None) from exc
+        try:
+            values_from = terms.values_from(self.values_from)
+        except ValueError as exc:
+            raise dg.DagsterInvalidConfigError(f"IBResource.values_from: {exc}", [], None) from exc
         return IBSettings(
+            values_from=values_from,
             gateway_tz=self.gateway_tz,
             host=self.host,
             port=self.port,
@@ -145,6 +158,7 @@ def ib_resource() -> IBResource:
         request_timeout=_env_or("IB_REQUEST_TIMEOUT", terms.IB_REQUEST_TIMEOUT_S, int),
         read_budget=_env_or("IB_READ_BUDGET", terms.IB_READ_BUDGET_S, int),
         gateway_tz=_env_or("IB_GATEWAY_TZ", terms.IB_GATEWAY_TZ),
+        values_from=_env_or("IB_VALUES_FROM", str(terms.IB_VALUES_FROM)),
     )
 
 

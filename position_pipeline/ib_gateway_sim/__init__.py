@@ -5,12 +5,13 @@ alone: `framing` (bytes), `messages` (ids and layouts per server version), `cont
 `universe` (what a generated desk holds), `ledger` (an account's valuation and account values), `state`
 (accounts, positions, prices, rates, the valuations told), `dump` (state as JSON), `faults` (what goes wrong),
 `filler` and `garbage` (what a real download adds, what a broken server sends), `hub`, `request_fields`,
-`replies`, `account_updates`, `positions` and `session` (protocol, no I/O), `server` (asyncio and the control API).
+`replies`, `account_updates`, `pnl`, `positions` and `session` (protocol, no I/O), `server` (asyncio and the control
+API).
 """
 
 from .contracts import Contract, Holding, Valuation
 from .faults import Faults
-from .hub import RequestRecord
+from .hub import RequestRecord, pnl_left_open
 from .ledger import AccountValuation
 from .messages import MAX_SERVER_VERSION, MIN_SERVER_VERSION, ErrorCode
 from .server import GatewayThread, SimulatedGateway
@@ -30,4 +31,5 @@ __all__ = [
     "RequestRecord",
     "SimulatedGateway",
     "Valuation",
+    "pnl_left_open",
 ]

@@ -149,6 +149,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send this reqPnLSingle field as IB's unset value 1.7976931348623157E308 (repeatable)",
     )
     login.add_argument(
+        "--pnl-seconds", type=float, default=0.0, metavar="SECONDS",
+        help="seconds before the first message of each reqPnLSingle subscription (default: %(default)s)",
+    )  # fmt: skip
+    login.add_argument(
+        "--pnl-unset-for", action="append", default=[], metavar="ACCOUNT",
+        help="that account's reqPnLSingle values stay IB's unset value (repeatable)",
+    )  # fmt: skip
+    login.add_argument(
+        "--pnl-silent-for", action="append", default=[], metavar="ACCOUNT",
+        help="that account's reqPnLSingle subscriptions never send anything (repeatable)",
+    )  # fmt: skip
+    login.add_argument(
         "--garbage-after-handshake",
         action="store_true",
         help="a broken server: MANAGED_ACCTS '-1' and junk frames after startApi and after every request",
@@ -206,6 +218,9 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
         account_updates_held_by=args.account_updates_held_by,
         positions_unavailable=True if args.positions_unavailable else None,
         pnl_unset=set(args.pnl_unset),
+        pnl_seconds=args.pnl_seconds,
+        pnl_unset_for=set(args.pnl_unset_for),
+        pnl_silent_for=set(args.pnl_silent_for),
         garbage_after_handshake=args.garbage_after_handshake,
     )
     for flag, accounts in (
@@ -213,6 +228,8 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
         ("--download-seconds-for", latencies),
         ("--no-download-end-for", args.no_download_end_for),
         ("--unsubscribe-mid-download", cuts),
+        ("--pnl-unset-for", args.pnl_unset_for),
+        ("--pnl-silent-for", args.pnl_silent_for),
     ):
         unknown = set(accounts) - set(state.accounts)
         if unknown:

@@ -61,6 +61,14 @@ class Faults:
     positions_unavailable: bool | None = None
     # PNL_SINGLE fields sent as IB's unset double 1.7976931348623157E308 (not computed yet), by PNL_FIELDS name.
     pnl_unset: set[str] = field(default_factory=set)
+    # Seconds between a reqPnLSingle and its first PNL_SINGLE, for every account unless the account has its own
+    # entry (a timer on the gateway's loop, as for downloads); pushes wait for that first message.
+    pnl_seconds: float = 0.0
+    pnl_seconds_by_account: dict[str, float] = field(default_factory=dict)
+    # Accounts whose PnL subscriptions only ever send unset values (value, PnL: IB's unset double) ...
+    pnl_unset_for: set[str] = field(default_factory=set)
+    # ... and accounts whose PnL subscriptions never send anything.
+    pnl_silent_for: set[str] = field(default_factory=set)
     # A hostile or broken server: after startApi, MANAGED_ACCTS "-1" and well-framed junk (unknown ids, known ids
     # with wrong field counts), and more junk after every request's replies.
     garbage_after_handshake: bool = False
@@ -68,6 +76,10 @@ class Faults:
     def download_delay(self, account: str) -> float:
         """Seconds before `account`'s download is sent."""
         return max(0.0, self.download_seconds_by_account.get(account, self.download_seconds))
+
+    def pnl_delay(self, account: str) -> float:
+        """Seconds before the first PNL_SINGLE of a subscription in `account`."""
+        return max(0.0, self.pnl_seconds_by_account.get(account, self.pnl_seconds))
 
     def positions_refused(self, accounts: int) -> bool:
         """Whether reqPositions is refused for a login managing `accounts` accounts."""

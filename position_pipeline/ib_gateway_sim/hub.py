@@ -13,7 +13,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .faults import Faults
-from .messages import MARKET_DATA_REQUESTS, ORDER_REQUESTS
+from .messages import MARKET_DATA_REQUESTS, ORDER_REQUESTS, In
 from .state import GatewayState, Holding
 
 if TYPE_CHECKING:
@@ -179,3 +179,15 @@ class Hub:
         for record in self.requests:
             grouped[record.client_id].append(record)
         return dict(grouped)
+
+
+def pnl_left_open(requests: list[RequestRecord]) -> list[RequestRecord]:
+    """The reqPnLSingle records that no cancelPnLSingle of the same connection and reqId followed: subscriptions a
+    client left open (a closed connection ends them at the gateway, but a client should cancel what it asked)."""
+    open_: dict[tuple[int, str], RequestRecord] = {}
+    for record in requests:
+        if record.msg_id == In.REQ_PNL_SINGLE and len(record.fields) > 1:
+            open_[(record.connection, record.fields[1])] = record
+        elif record.msg_id == In.CANCEL_PNL_SINGLE and len(record.fields) > 1:
+            open_.pop((record.connection, record.fields[1]), None)
+    return list(open_.values())

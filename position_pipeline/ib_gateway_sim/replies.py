@@ -59,15 +59,16 @@ def account_summary(state: GatewayState, req_id: int, tags: set[str]) -> list[li
 
 
 def pnl(state: GatewayState, req_id: int, account: str, conid: int, unset: Collection[str] = ()) -> list[Field]:
-    """PNL_SINGLE at the live price (zeros for a contract the account does not hold); fields named in `unset` as
-    IB's unset double (not computed yet)."""
+    """PNL_SINGLE at the live price (zeros for a contract the account does not hold), the daily PnL against the
+    prior close (`GatewayState.daily_pnl`); fields named in `unset` as IB's unset double (not computed yet)."""
     holding = state.holding(account, conid)
     if holding is None:
         return m.pnl_single(req_id, 0, 0.0, 0.0, 0.0, 0.0, unset)
     value = state.live_valuation(holding)
     return m.pnl_single(
-        req_id, holding.quantity, 0.0, value.unrealized_pnl, value.realized_pnl, value.market_value, unset
-    )
+        req_id, holding.quantity, state.daily_pnl(holding), value.unrealized_pnl, value.realized_pnl,
+        value.market_value, unset,
+    )  # fmt: skip
 
 
 def connection_time(state: GatewayState, now: datetime | None = None) -> str:

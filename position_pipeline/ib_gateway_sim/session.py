@@ -29,6 +29,7 @@ from .framing import (
 )
 from .hub import Hub
 from .messages import ErrorCode, In
+from .pnl import PnLSubscriptions
 from .positions import Positions
 from .request_fields import RequestError, account_field, int_field, req_id_of
 
@@ -54,7 +55,7 @@ class Session:
         self.close_reason: str | None = None
         self.on_output: Callable[[], None] = lambda: None
         self.messages_sent = 0
-        self.pnl_subscriptions: dict[int, tuple[str, int]] = {}
+        self.pnl = PnLSubscriptions(self)
         self.multi_subscriptions: dict[int, str] = {}
         self.positions = Positions(self)
         self.account_updates = AccountUpdates(self)
@@ -74,8 +75,8 @@ class Session:
             In.CANCEL_ACCOUNT_UPDATES_MULTI: self._cancel_account_updates_multi,
             In.REQ_ACCOUNT_SUMMARY: self._req_account_summary,
             In.CANCEL_ACCOUNT_SUMMARY: lambda fields: None,  # the summary is sent once; nothing to stop
-            In.REQ_PNL_SINGLE: self._req_pnl_single,
-            In.CANCEL_PNL_SINGLE: self._cancel_pnl_single,
+            In.REQ_PNL_SINGLE: self.pnl.request,
+            In.CANCEL_PNL_SINGLE: self.pnl.cancel,
             # read-only, so no executions and no orders: only the ends
             In.REQ_EXECUTIONS: lambda fields: self.reply(m.execution_data_end(int_field(fields, 2, "reqId"))),
             In.REQ_OPEN_ORDERS: lambda fields: self.reply(m.open_order_end()),
@@ -89,6 +90,11 @@ class Session:
             In.PLACE_ORDER: self._refuse_order,
             In.CANCEL_ORDER: self._refuse_order,
         }
+
+    @property
+    def pnl_subscriptions(self) -> dict[int, tuple[str, int]]:
+        """The open PnL subscriptions, reqId -> (account, conid)."""
+        return self.pnl.subscriptions
 
     # --- the sans-I/O surface ----------------------------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class Session:
         if self.account_updates.pushing == holding.account:
             for fields in replies.portfolio_push(self.hub.state, holding):
                 self._send(fields)
-        self._send_pnl_for(holding)
+        self.pnl.push_for(holding)
         self.on_output()
 
     def push_refresh(self, portfolio: bool, pnl: bool, accounts: Collection[str] | None = None) -> None:
@@ -152,8 +158,8 @@ class Session:
         account = self.account_updates.pushing if portfolio else None
         if account is not None and (accounts is None or account in accounts):
             self.account_updates.push_whole(account)
-        for req_id in list(self.pnl_subscriptions) if pnl else []:
-            self._send_pnl(req_id)
+        if pnl:
+            self.pnl.push_all()
         self.on_output()
 
     def push_error(self, code: int, text: str) -> None:
@@ -301,25 +307,6 @@ class Session:
         tags = {t for t in (fields[4] if len(fields) > 4 else "").split(",") if t}
         for reply in replies.account_summary(self.hub.state, req_id, tags):
             self.reply(reply)
-
-    def _req_pnl_single(self, fields: list[str]) -> None:
-        req_id = int_field(fields, 1, "reqId")
-        account = account_field(fields, 2, self.hub.state.accounts)
-        conid = int_field(fields, 4, "conId")
-        self.pnl_subscriptions[req_id] = (account, conid)
-        self._send_pnl(req_id)
-
-    def _cancel_pnl_single(self, fields: list[str]) -> None:
-        self.pnl_subscriptions.pop(int_field(fields, 1, "reqId"), None)
-
-    def _send_pnl(self, req_id: int) -> None:
-        account, conid = self.pnl_subscriptions[req_id]
-        self.reply(replies.pnl(self.hub.state, req_id, account, conid, self.hub.faults.pnl_unset))
-
-    def _send_pnl_for(self, holding: Holding) -> None:
-        for req_id, key in self.pnl_subscriptions.items():
-            if key == (holding.account, holding.contract.conid):
-                self._send_pnl(req_id)
 
     def _req_auto_open_orders(self, fields: list[str]) -> None:
         if self.client_id != 0:

@@ -51,7 +51,8 @@ class GatewayState:
     """Accounts, positions, prices and valuations. Mutated only from the gateway's event loop.
 
     `cash`: per account, balance per currency. `base_currencies`: per account (default USD). `fx_rates`: the live
-    USD value of one unit of each currency. `timezone`: the gateway's zone (IANA name)."""
+    USD value of one unit of each currency. `timezone`: the gateway's zone (IANA name). `closes`: the prior close
+    per conid, from which PnL subscriptions compute the daily PnL (a conid without one closed at its price)."""
 
     accounts: list[str]
     holdings: dict[tuple[str, int], Holding] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class GatewayState:
     fx_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FX_RATES))
     timezone: str = DEFAULT_TIMEZONE
     valuations: dict[str, AccountValuation] = field(default_factory=dict)
+    closes: dict[int, float] = field(default_factory=dict)
     _rng: random.Random = field(init=False, repr=False)
     _listeners: list[Listener] = field(default_factory=list, init=False, repr=False)
 
@@ -114,6 +116,12 @@ class GatewayState:
     def live_valuation(self, holding: Holding) -> Valuation:
         """The holding at the live price: what the next revalue will tell."""
         return value_at(holding, self.prices[holding.contract.conid])
+
+    def daily_pnl(self, holding: Holding) -> float:
+        """Today's PnL of `holding` at the live price: position x multiplier x (live - prior close), to cents."""
+        conid = holding.contract.conid
+        close = self.closes.get(conid, self.prices[conid])
+        return round(holding.quantity * holding.contract.multiplier_value * (self.prices[conid] - close), 2)
 
     def valued_at(self, account: str) -> datetime:
         """When `account` was last valued (UTC, timezone-aware)."""
@@ -251,9 +259,12 @@ class GatewayState:
             bases[names[-1]] = "EUR"
         desk = draw_desk(rng, names, positions)
         state = cls(accounts=names, seed=seed, base_currencies=bases, cash=draw_cash(rng, bases))
+        closes = random.Random(seed + 1)  # its own stream: the desk drawn for a seed stays what it was
         for holding, price in desk:
             state.prices[holding.contract.conid] = price
             state.holdings[(holding.account, holding.contract.conid)] = holding
+        for conid in sorted(state.prices):
+            state.closes[conid] = round_price(state.prices[conid] * (1 + closes.uniform(-0.02, 0.02)))
         state.revalue()
         return state
 

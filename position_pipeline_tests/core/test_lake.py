@@ -84,7 +84,7 @@ POSITION_VALUES = [
 
 
 DESK_VALUES = ["values_as_of", "base_currency", "fx_rate", "market_value_base", "unrealized_pnl_base",
-               "realized_pnl_base"]  # fmt: skip
+               "realized_pnl_base", "daily_pnl", "values_from"]  # fmt: skip
 NULLABLE_IN_ORDER = [
     "right", "strike", "expiry", "multiplier", "market_price", "realized_pnl", "account_update_time", *DESK_VALUES
 ]  # fmt: skip
@@ -267,15 +267,22 @@ def test_concurrent_creators_all_get_the_table(tmp_path: Path) -> None:
     assert dt.version() == 0 and dt.metadata().partition_columns == ["snapshot_date"]
 
 
-def test_a_table_from_before_the_desk_columns_gets_them_and_keeps_its_rows(tmp_path: Path) -> None:
-    """An existing lake needs nothing: the first ensure (every sync run's) adds the new columns, null in old rows."""
-    root = str(tmp_path / "lake")
+def _table_without(root: str, missing: list[str]) -> tuple[str, list[str], pl.DataFrame]:
+    """A position_updates table written before the `missing` columns existed, with one row: its URI, its columns
+    and that row."""
     uri = lake.table_uri(root, lake.POSITION_UPDATES_TABLE)
-    old_names = [n for n in lake.POSITION_UPDATES_SCHEMA.names() if n not in DESK_VALUES]
+    old_names = [n for n in lake.POSITION_UPDATES_SCHEMA.names() if n not in missing]
     old_schema = pa.schema([lake.POSITION_UPDATES_ARROW_SCHEMA.field(n) for n in old_names])
     DeltaTable.create(uri, old_schema, partition_by=["snapshot_date"])
     old_row = _updates([{"request_id": "old", "snapshot_date": date(2030, 1, 2)}]).select(old_names)
     write_deltalake(uri, old_row.to_arrow().cast(old_schema), mode="append")
+    return uri, old_names, old_row
+
+
+def test_a_table_from_before_the_desk_columns_gets_them_and_keeps_its_rows(tmp_path: Path) -> None:
+    """An existing lake needs nothing: the first ensure (every sync run's) adds the new columns, null in old rows."""
+    root = str(tmp_path / "lake")
+    uri, old_names, _ = _table_without(root, DESK_VALUES)
     assert lake.ensure_position_updates_table(root) == uri
     dt = DeltaTable(uri)
     assert dt.version() == 2 and [f.name for f in dt.schema().fields] == lake.POSITION_UPDATES_SCHEMA.names()
@@ -292,3 +299,17 @@ def test_a_table_from_before_the_desk_columns_gets_them_and_keeps_its_rows(tmp_p
                       partition_by=["snapshot_date"])  # fmt: skip
     with pytest.raises(ValueError, match="not a position_updates table"):
         lake.ensure_position_updates_table(other)
+
+
+def test_a_table_with_the_issue_13_columns_gets_daily_pnl_and_values_from(tmp_path: Path) -> None:
+    """A lake written once values_as_of and the base values existed, before daily_pnl and values_from: one ALTER."""
+    root = str(tmp_path / "lake")
+    uri, _, old_row = _table_without(root, ["daily_pnl", "values_from"])
+
+    assert lake.ensure_position_updates_table(root) == uri
+
+    dt = DeltaTable(uri)
+    assert dt.version() == 2 and [f.name for f in dt.schema().fields] == lake.POSITION_UPDATES_SCHEMA.names()
+    rows = pl.read_delta(uri)
+    assert rows["daily_pnl"].to_list() == [None] and rows["values_from"].to_list() == [None]
+    assert rows["values_as_of"].to_list() == old_row["values_as_of"].to_list()  # the older columns kept

@@ -293,7 +293,7 @@ def test_account_updates_multi_and_pnl_single(app: Recorder, sim: GatewayThread)
                 h.contract.conid,
                 (
                     int(h.quantity),
-                    0.0,
+                    s.daily_pnl(h),
                     s.valuation(h).unrealized_pnl,
                     s.valuation(h).realized_pnl,
                     s.valuation(h).market_value,

@@ -26,7 +26,8 @@ OUTPUT_COLUMNS = [
     "account", "conid", "symbol", "sec_type", "right", "strike", "expiry", "multiplier", "currency", "local_symbol",
     "position", "average_cost", "market_price", "market_value", "unrealized_pnl", "realized_pnl",
     "account_update_time", "snapshot_at", "request_id", "run_id", "values_as_of", "base_currency", "fx_rate",
-    "market_value_base", "unrealized_pnl_base", "realized_pnl_base", "age_seconds", "values_age_seconds",
+    "market_value_base", "unrealized_pnl_base", "realized_pnl_base", "daily_pnl", "values_from", "age_seconds",
+    "values_age_seconds",
 ]  # fmt: skip
 
 

@@ -1,0 +1,225 @@
+"""The `pnl` values mode (IB_VALUES_FROM=pnl): a read's market values from reqPnLSingle per (account, conid), all
+subscribed at once across every account, instead of one account download after another. No Dagster here.
+
+reqPnLSingle has no one-account rule and takes no market-data line; its values are those of TWS's portfolio window,
+computed in real time (the account window's, which reqAccountUpdates sends, refresh about every 3 minutes). A row's
+values are those of the first PNL_SINGLE whose `value` is set, stamped with the UTC moment it arrived. IB does not
+say which currency `value` is in: it is taken as the contract's currency, as updatePortfolio's marketValue is.
+Each needed account's base currency and ExchangeRates come from reqAccountUpdatesMulti (no one-account rule
+either), asked for concurrently and cancelled; no rate means null base values, as in the account mode.
+
+Invariants: every subscription made here is cancelled before returning, also on error or timeout, and the cancels
+have reached the gateway when the connection stays up (a reqCurrentTime behind them in ib_async's queue); IB's unset
+double and NaN are null, never a number in a row; a pair whose value never comes gets no row: it is in
+`snapshot.unread`, its account in `snapshot.unavailable`, and its items are given back (`sync.given_back`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from ib_async import IB, PnLSingle, Position
+
+from position_pipeline.core import terms
+from position_pipeline.core.account_download import AccountDownload, account_facts
+from position_pipeline.core.ib_errors import IBDisconnected, IBTimeout, disconnect_text
+from position_pipeline.core.ib_records import HeldPosition, IBSettings, IBSnapshot
+
+log = logging.getLogger(__name__)
+
+UNSET_DOUBLE = 1.7976931348623157e308
+"""IB's 'not computed yet' (Double.MAX_VALUE), which ib_async passes through."""
+
+REQUESTS_PER_S = 40
+"""This mode's requests a second (subscribe and cancel): under IB's 50, with room for the gateway's own clock."""
+
+
+def ib_number(value: float | None) -> float | None:
+    """`value`, or None for IB's unset double, NaN (ib_async's 'not received') and infinities."""
+    if value is None or not math.isfinite(value) or abs(value) >= UNSET_DOUBLE:
+        return None
+    return value
+
+
+async def read_pnl_values(
+    ib: IB, snapshot: IBSnapshot, wanted: list[Position], settings: IBSettings, client_id: int, started: float
+) -> None:
+    """Fill `snapshot` (positions, downloads with each account's base currency and rates, unavailable, unread,
+    seconds) from one PnL subscription per wanted pair, within IB_REQUEST_TIMEOUT and what is left of IB_READ_BUDGET,
+    the time to cancel included: pairs that would not fit are not asked for (unread, given back). IBTimeout when no
+    pair's value came at all, IBDisconnected when the connection drops."""
+    window_end = min(time.monotonic() + settings.request_timeout, started + settings.read_budget)
+    pairs = {(p.account, p.contract.conId) for p in wanted}
+    accounts = sorted({account for account, _ in pairs})
+    arrived: dict[tuple[str, int], tuple[PnLSingle, datetime, float]] = {}
+    asked: set[tuple[str, int]] = set()
+    all_in = asyncio.Event()
+    began = time.monotonic()
+    pacer = _Pacer()
+
+    def keep(pnl: PnLSingle) -> None:
+        key = (pnl.account, pnl.conId)
+        if key in asked and key not in arrived and ib_number(pnl.value) is not None:
+            arrived[key] = (replace(pnl), datetime.now(UTC), time.monotonic() - began)
+            if len(arrived) == len(pairs):
+                all_in.set()
+
+    ib.pnlSingleEvent += keep
+    subscribed: list[tuple[str, int]] = []
+    facts: dict[str, AccountDownload] = {}
+    multi: list[int] = []
+    try:
+        for account in accounts:  # the account values first: their replies come while the PnL is asked for
+            await pacer.turn()
+            multi.append(_ask_account_values(ib, account))
+        for account, conid in _round_robin(pairs):
+            if time.monotonic() + (len(subscribed) + len(multi) + 1) * pacer.gap >= window_end:
+                break  # no time left to ask and cancel: the rest is unread
+            await pacer.turn()
+            asked.add((account, conid))
+            ib.reqPnLSingle(account, "", conid)
+            subscribed.append((account, conid))
+        values_end = window_end - (len(subscribed) + len(multi)) * pacer.gap
+        if pairs:
+            with contextlib.suppress(TimeoutError):  # what came is kept; the rest is unread
+                await asyncio.wait_for(all_in.wait(), max(values_end - time.monotonic(), 0.0))
+        if not ib.isConnected():
+            raise IBDisconnected(disconnect_text(settings, client_id, "the reqPnLSingle subscriptions"))
+        facts = {a: _account_facts(ib, a, settings) for a in accounts}
+    finally:
+        ib.pnlSingleEvent -= keep
+        for account, conid in subscribed:
+            await pacer.turn()
+            ib.cancelPnLSingle(account, "", conid)
+        for req_id in multi:
+            await pacer.turn()
+            if ib.isConnected():
+                ib.client.cancelAccountUpdatesMulti(req_id)
+        await _cancels_sent(ib, len(subscribed) + len(multi))
+    snapshot.downloads.update(facts)
+    waited = time.monotonic() - began
+    if pairs and not arrived:
+        raise IBTimeout(
+            f"no reqPnLSingle value came from IB at {settings.where} (client id {client_id}) within {waited:.3g} s "
+            f"for any of {len(pairs)} positions in {', '.join(accounts)}: the items are released and retried"
+        )
+    missing = sorted(pairs - set(arrived))
+    _note_missing(snapshot, missing, asked, waited)
+    for account in accounts:
+        times = [seconds for (a, _), (_, _, seconds) in arrived.items() if a == account]
+        snapshot.seconds[account] = waited if account in snapshot.unavailable else max(times, default=0.0)
+    snapshot.unread = set(missing)
+    snapshot.positions = [
+        _held(p, *arrived[(p.account, p.contract.conId)][:2], snapshot.downloads[p.account])
+        for p in wanted
+        if (p.account, p.contract.conId) in arrived
+    ]
+
+
+def _round_robin(pairs: set[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The pairs, one of each account in turn: when not all fit in the bound, every account gets its share."""
+    rank: dict[str, int] = {}
+    ordered = []
+    for account, conid in sorted(pairs):
+        rank[account] = rank.get(account, -1) + 1
+        ordered.append((rank[account], account, conid))
+    return [(account, conid) for _, account, conid in sorted(ordered)]
+
+
+class _Pacer:
+    """Spaces one read's requests evenly, REQUESTS_PER_S a second: IB refuses (error 100) more than 50 messages
+    in a second, and ib_async's own throttle (45 per second, sent in bursts) can land 46-90 in the gateway's second."""
+
+    def __init__(self) -> None:
+        self.gap = 1.0 / REQUESTS_PER_S
+        self._next = time.monotonic()
+
+    async def turn(self) -> None:
+        now = time.monotonic()
+        if self._next > now:
+            await asyncio.sleep(self._next - now)
+        self._next = max(now, self._next) + self.gap
+
+
+def _note_missing(
+    snapshot: IBSnapshot, missing: list[tuple[str, int]], asked: set[tuple[str, int]], waited: float
+) -> None:
+    """Each account with pairs whose value never came (or that were not asked for: they would not fit in the bound)
+    is unavailable for those pairs, with a reason naming them."""
+    for account in sorted({a for a, _ in missing}):
+        silent = [c for a, c in missing if a == account and (a, c) in asked]
+        unasked = [c for a, c in missing if a == account and (a, c) not in asked]
+        why = [f"reqPnLSingle sent no value for conid {_some(silent)} within {waited:.3g} s (unset or not sent)"]
+        why *= bool(silent)
+        if unasked:
+            why.append(
+                f"conid {_some(unasked)} not asked for: asking for and cancelling them would not fit in "
+                "IB_REQUEST_TIMEOUT/IB_READ_BUDGET at 40 requests a second"
+            )
+        snapshot.unavailable[account] = "; ".join(why) + ": those items are given back and retried"
+        log.warning("account %s: %s", account, snapshot.unavailable[account])
+
+
+def _some(conids: list[int]) -> str:
+    return ", ".join(str(c) for c in conids[:5]) + (f" and {len(conids) - 5} more" if len(conids) > 5 else "")
+
+
+def _ask_account_values(ib: IB, account: str) -> int:
+    """reqAccountUpdatesMulti for `account` (its values fill `ib.wrapper.accountValues`); the request id, to cancel."""
+    req_id = ib.client.getReqId()
+    ib.wrapper.startReq(req_id)  # resolved at its end message; the values are read from the wrapper
+    ib.client.reqAccountUpdatesMulti(req_id, account, "", False)
+    return req_id
+
+
+def _account_facts(ib: IB, account: str, settings: IBSettings) -> AccountDownload:
+    """The account's base currency and rates from the account values that came; none came: null base values (the
+    rows say so through `sync.missing_rates`)."""
+    download = AccountDownload(account, datetime.now(UTC))
+    values = [v for v in ib.wrapper.accountValues.values() if v.account == account and not v.modelCode]
+    if not values:
+        log.warning("account %s: no account values (reqAccountUpdatesMulti) in time: no base-currency values", account)
+    account_facts(download, values, settings.zone)
+    return download
+
+
+async def _cancels_sent(ib: IB, queued: int) -> None:
+    """Wait (bounded) until the gateway has read the cancels: a reqCurrentTime sent after them is answered only
+    then."""
+    if not queued or not ib.isConnected():
+        return
+    try:
+        await asyncio.wait_for(ib.reqCurrentTimeAsync(), 5.0)
+    except (TimeoutError, ConnectionError) as exc:
+        log.warning("the PnL cancels may not all have reached the gateway (%r); disconnecting ends them", exc)
+
+
+def _held(p: Position, pnl: PnLSingle, at: datetime, download: AccountDownload) -> HeldPosition:
+    """A row's position from its PnL message: value, PnL, the message's quantity, price = value / (quantity x
+    multiplier) (unknown for a closed position), in the contract's currency."""
+    c = p.contract
+    value, quantity = ib_number(pnl.value), float(pnl.position)
+    multiplier = float(c.multiplier) if c.multiplier else 1.0
+    return HeldPosition.of(
+        p.account,
+        c,
+        c.exchange,
+        position=quantity,
+        average_cost=p.avgCost,
+        market_price=None if value is None or quantity == 0 else value / (quantity * multiplier),
+        market_value=value,
+        unrealized_pnl=ib_number(pnl.unrealizedPnL),
+        realized_pnl=ib_number(pnl.realizedPnL),
+        values_as_of=at,
+        base_currency=download.base_currency,
+        fx_rate=download.fx_rate(c.currency),
+        connect_position=p.position,
+        daily_pnl=ib_number(pnl.dailyPnL),
+        values_from=terms.ValuesFrom.PNL,
+    )

@@ -1,0 +1,125 @@
+"""IB_VALUES_FROM through the pipeline: the setting refused when the resource is built, rows that say where their
+values came from (daily_pnl in the pnl mode, null in the account mode), and in the pnl mode one account whose PnL
+never comes (or stays unset) costing only its items: given back, no attempt counted, nothing FAILED, the other
+accounts' rows written in the same run, within its budget."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from position_pipeline.core import lake
+from position_pipeline.core.queue import PositionQueue, QueueStatus
+from position_pipeline.defs.resources import IBResource, ib_resource
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, pnl_left_open
+from position_pipeline_tests.support.ib_reads import held_only_by, holders_of
+from position_pipeline_tests.support.sync_runs import run_sync, updates
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.mark.parametrize("text", ["", "PnL", "portfolio", "account-updates"])
+def test_an_unknown_values_mode_is_refused_when_the_resource_is_built(text: str) -> None:
+    with pytest.raises(
+        dg.DagsterInvalidConfigError,
+        match=r"IBResource.values_from: IB_VALUES_FROM must be 'account_updates' or 'pnl', got",
+    ):
+        IBResource(values_from=text).settings()
+
+
+def test_ib_values_from_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IB_VALUES_FROM", raising=False)
+    assert ib_resource().settings().values_from == "account_updates"
+    monkeypatch.setenv("IB_VALUES_FROM", "pnl")
+    resource = ib_resource()
+    seen = {}
+
+    @dg.asset
+    def probe(ib: IBResource) -> None:
+        seen["values_from"] = ib.settings().values_from
+
+    assert dg.materialize([probe], resources={"ib": resource}).success
+    assert seen["values_from"] == "pnl"
+
+
+def items_of(queue: PositionQueue, state: GatewayState) -> dict[str, list[str]]:
+    """Items held only in the first account, only in the second, and one contract held in both."""
+    first, second, _ = state.accounts
+    shared = next(c for c, accounts in sorted(holders_of(state).items()) if {first, second} <= accounts)
+    return {
+        "first": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, first))[:4]]),
+        "second": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, second))[:3]]),
+        "shared": queue.insert_many([(shared, "S")]),
+        "pinned": queue.insert_many([{"conid": shared, "symbol": "S", "account": first}]),
+    }
+
+
+def test_pnl_rows_say_so_and_carry_the_daily_pnl(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = items_of(queue, sim_state)
+
+    result = run_sync(root, sim, instance, values_from="pnl")
+
+    assert result.success
+    rows = updates(root)
+    assert rows.height == 4 + 3 + len(holders_of(sim_state)[rows.filter(pl.col("request_id") == ids["shared"][0])
+                                                             ["conid"][0]]) + 1  # fmt: skip
+    assert set(rows["values_from"]) == {"pnl"} and rows["daily_pnl"].null_count() == 0
+    assert rows["account_update_time"].null_count() == rows.height  # no account window in this mode
+    for row in rows.iter_rows(named=True):
+        holding = sim_state.holding(row["account"], row["conid"])
+        assert holding is not None and row["daily_pnl"] == sim_state.daily_pnl(holding)
+    assert set(queue.read()["status"]) == {QueueStatus.SUCCESS}
+    assert pnl_left_open(sim.requests()) == []
+    assert not [r.name for r in sim.requests() if r.is_order or r.is_market_data]
+
+
+def test_account_mode_rows_have_no_daily_pnl(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
+) -> None:
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    items_of(queue, sim_state)
+
+    assert run_sync(root, sim, instance).success
+
+    rows = updates(root)
+    assert rows.height > 0 and set(rows["values_from"]) == {"account_updates"}
+    assert rows["daily_pnl"].null_count() == rows.height  # updatePortfolio has no daily PnL
+    assert not [r.name for r in sim.requests() if r.is_order or r.is_market_data]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda second: {"pnl_silent_for": {second}}, id="pnl-never-comes"),
+        pytest.param(lambda second: {"pnl_unset_for": {second}}, id="pnl-value-unset"),
+    ],
+)
+def test_one_accounts_missing_pnl_gives_back_only_its_items_and_marks_nothing_failed(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance, fault: object
+) -> None:
+    first, second, _ = sim_state.accounts
+    sim.set_faults(**fault(second))  # type: ignore[operator]
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    ids = items_of(queue, sim_state)
+
+    result = run_sync(root, sim, instance, values_from="pnl")
+
+    assert result.success
+    written = {(i, first) for i in ids["first"] + ids["pinned"]}
+    assert set(updates(root).select("request_id", "account").iter_rows()) == written
+    items = queue.read()
+    ok = items.filter(pl.col("request_id").is_in(ids["first"] + ids["pinned"]))
+    assert set(ok["status"]) == {QueueStatus.SUCCESS}
+    back = items.filter(pl.col("request_id").is_in(ids["second"] + ids["shared"]))
+    assert set(back["status"]) == {QueueStatus.PENDING} and set(back["attempts"]) == {0}
+    assert QueueStatus.FAILED not in set(items["status"])
+    metadata = result.asset_materializations_for_node("ib_snapshot")[0].metadata
+    assert metadata["given_back"].value == 4
+    assert metadata["ib_read_seconds"].value < 2 + 3  # the 2-s request timeout, not more  # type: ignore[operator]
+    warnings = [e.message for e in instance.all_logs(result.run_id) if f"account {second} not read" in e.message]
+    assert len(warnings) == 1 and "reqPnLSingle sent no value for conid" in warnings[0]
+    assert pnl_left_open(sim.requests()) == []
