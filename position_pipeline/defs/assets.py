@@ -173,7 +173,7 @@ def ib_snapshot(
         results = snapshot_results(queued_positions.filter(~pl.col("request_id").is_in(list(back))), snapshot)
         summary = {**read_summary(results, snapshot), "given_back": len(back)}
     for line in position_moves(snapshot):
-        context.log.warning(f"position changed between reqPositions and the account download: {line}")
+        context.log.warning(f"position changed between reqPositions and the values' message: {line}")
     for line in missing_rates(results):
         context.log.warning(f"no base-currency values: {line}")
     context.log.info(

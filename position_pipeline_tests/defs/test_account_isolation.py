@@ -14,7 +14,7 @@ from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 from position_pipeline_tests.support.ib_clients import holding_account_updates
-from position_pipeline_tests.support.ib_reads import held_only_by, holders_of
+from position_pipeline_tests.support.ib_reads import desk_items, held_only_by, holders_of
 from position_pipeline_tests.support.sync_runs import run_sync, updates
 from position_pipeline_tests.support.waiting import run_bounded, wait_until_async
 
@@ -74,17 +74,6 @@ def test_one_unreadable_account_costs_only_its_items(
         if f"account {second} not read, its items given back" in e.message
     ]
     assert len(warnings) == 1
-
-
-def desk_items(queue: PositionQueue, state: GatewayState) -> dict[str, list[str]]:
-    """Items for contracts held only in the first and only in the second account, and one held in both."""
-    first, second, _ = state.accounts
-    shared = next(c for c, accounts in sorted(holders_of(state).items()) if {first, second} <= accounts)
-    return {
-        "first": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, first))[:3]]),
-        "second": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, second))[:3]]),
-        "shared": queue.insert_many([(shared, "S")]),
-    }
 
 
 @pytest.mark.parametrize(

@@ -288,7 +288,7 @@ def test_a_fill_before_the_download_is_stored_with_the_downloads_quantity_and_lo
     warnings = [
         e.message
         for e in instance.all_logs(result.run_id)
-        if e.level == logging.WARNING and "between reqPositions and the account download" in e.message
+        if e.level == logging.WARNING and "between reqPositions and the values' message" in e.message
     ]
     assert len(warnings) == 1 and f"{account} conid {conid} " in warnings[0] and f"said {before:g}" in warnings[0]
 

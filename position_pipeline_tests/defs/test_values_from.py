@@ -13,7 +13,7 @@ from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.defs.resources import IBResource, ib_resource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, pnl_left_open
-from position_pipeline_tests.support.ib_reads import held_only_by, holders_of
+from position_pipeline_tests.support.ib_reads import desk_items, holders_of
 from position_pipeline_tests.support.sync_runs import run_sync, updates
 
 pytestmark = pytest.mark.timeout(90)
@@ -43,30 +43,19 @@ def test_ib_values_from_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) ->
     assert seen["values_from"] == "pnl"
 
 
-def items_of(queue: PositionQueue, state: GatewayState) -> dict[str, list[str]]:
-    """Items held only in the first account, only in the second, and one contract held in both."""
-    first, second, _ = state.accounts
-    shared = next(c for c, accounts in sorted(holders_of(state).items()) if {first, second} <= accounts)
-    return {
-        "first": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, first))[:4]]),
-        "second": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, second))[:3]]),
-        "shared": queue.insert_many([(shared, "S")]),
-        "pinned": queue.insert_many([{"conid": shared, "symbol": "S", "account": first}]),
-    }
-
-
 def test_pnl_rows_say_so_and_carry_the_daily_pnl(
     root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
-    ids = items_of(queue, sim_state)
+    ids = desk_items(queue, sim_state, per_account=4, pinned=True)
 
     result = run_sync(root, sim, instance, values_from="pnl")
 
     assert result.success
     rows = updates(root)
-    assert rows.height == 4 + 3 + len(holders_of(sim_state)[rows.filter(pl.col("request_id") == ids["shared"][0])
-                                                             ["conid"][0]]) + 1  # fmt: skip
+    shared_conid = rows.filter(pl.col("request_id") == ids["shared"][0])["conid"][0]
+    pinned = 1
+    assert rows.height == len(ids["first"]) + len(ids["second"]) + len(holders_of(sim_state)[shared_conid]) + pinned
     assert set(rows["values_from"]) == {"pnl"} and rows["daily_pnl"].null_count() == 0
     assert rows["account_update_time"].null_count() == rows.height  # no account window in this mode
     for row in rows.iter_rows(named=True):
@@ -81,7 +70,7 @@ def test_account_mode_rows_have_no_daily_pnl(
     root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance
 ) -> None:
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
-    items_of(queue, sim_state)
+    desk_items(queue, sim_state, per_account=4, pinned=True)
 
     assert run_sync(root, sim, instance).success
 
@@ -104,7 +93,7 @@ def test_one_accounts_missing_pnl_gives_back_only_its_items_and_marks_nothing_fa
     first, second, _ = sim_state.accounts
     sim.set_faults(**fault(second))  # type: ignore[operator]
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
-    ids = items_of(queue, sim_state)
+    ids = desk_items(queue, sim_state, per_account=4, pinned=True)
 
     result = run_sync(root, sim, instance, values_from="pnl")
 
@@ -118,7 +107,7 @@ def test_one_accounts_missing_pnl_gives_back_only_its_items_and_marks_nothing_fa
     assert set(back["status"]) == {QueueStatus.PENDING} and set(back["attempts"]) == {0}
     assert QueueStatus.FAILED not in set(items["status"])
     metadata = result.asset_materializations_for_node("ib_snapshot")[0].metadata
-    assert metadata["given_back"].value == 4
+    assert metadata["given_back"].value == len(ids["second"] + ids["shared"])
     assert metadata["ib_read_seconds"].value < 2 + 3  # the 2-s request timeout, not more  # type: ignore[operator]
     warnings = [e.message for e in instance.all_logs(result.run_id) if f"account {second} not read" in e.message]
     assert len(warnings) == 1 and "reqPnLSingle sent no value for conid" in warnings[0]

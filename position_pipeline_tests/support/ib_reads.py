@@ -13,6 +13,7 @@ from position_pipeline.core.ib_reader import (
     IBSettings,
     read_snapshot,
 )
+from position_pipeline.core.queue import PositionQueue
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 from position_pipeline.ib_gateway_sim.hub import RequestRecord
 from position_pipeline_tests.support.waiting import wait_until
@@ -52,6 +53,23 @@ def held_only_by(state: GatewayState, account: str) -> set[int]:
     held = conids_by_account(state)
     others = set().union(*(conids for name, conids in held.items() if name != account))
     return held[account] - others
+
+
+def desk_items(
+    queue: PositionQueue, state: GatewayState, per_account: int = 3, pinned: bool = False
+) -> dict[str, list[str]]:
+    """Items for contracts held only in the first account, only in the second (`per_account` each), and one held in
+    both; with `pinned`, also that shared contract pinned to the first account."""
+    first, second, _ = state.accounts
+    shared = next(c for c, accounts in sorted(holders_of(state).items()) if {first, second} <= accounts)
+    items = {
+        "first": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, first))[:per_account]]),
+        "second": queue.insert_many([(c, "S") for c in sorted(held_only_by(state, second))[:per_account]]),
+        "shared": queue.insert_many([(shared, "S")]),
+    }
+    if pinned:
+        items["pinned"] = queue.insert_many([{"conid": shared, "symbol": "S", "account": first}])
+    return items
 
 
 def assert_no_client_left(sim: GatewayThread, timeout: float = 5.0) -> None:
