@@ -60,7 +60,6 @@ class AccountDownload:
     values_as_of: datetime | None = None
     base_currency: str | None = None
     rates: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
 
     def fx_rate(self, currency: str) -> float | None:
         """The rate for `currency`, or None when IB sent none (never a guessed 1.0)."""
@@ -143,7 +142,6 @@ async def read_account(
 
     ib_async ends its request at any accountDownloadEnd, also a late one of the account read before (whose download
     outlived its bound): the download counts as ended only when the end names this account."""
-    started = time.perf_counter()
     wrapper = ib.wrapper
     original_time, original_end = wrapper.updateAccountTime, wrapper.accountDownloadEnd
     download = AccountDownload(account, datetime.now(UTC))
@@ -222,6 +220,5 @@ async def read_account(
             f"sends ({'; '.join(broken[:3])}): the read is not trusted and the items are released"
         )
     download.finished_at = datetime.now(UTC)
-    download.seconds = time.perf_counter() - started
     account_facts(download, values, zone)
     return download

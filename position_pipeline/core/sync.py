@@ -136,7 +136,7 @@ def accounts_read(snapshot: IBSnapshot) -> pl.DataFrame:
             if d.values_as_of is None
             else round((d.finished_at - d.values_as_of).total_seconds(), 1),
             "rates": ", ".join(f"{c} {r:g}" for c, r in sorted(d.rates.items())),
-            "seconds": round(d.seconds, 3),
+            "seconds": round(snapshot.seconds.get(d.account, 0.0), 3),
         }
         for d in snapshot.downloads.values()
     ]

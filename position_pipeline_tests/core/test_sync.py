@@ -188,7 +188,7 @@ def test_nothing_is_given_back_when_every_account_was_read() -> None:
 def test_accounts_read_lists_each_account_with_its_outcome_and_seconds() -> None:
     snap = snapshot(held("DU1", 11, 1.0, 10.0))
     snap.downloads["DU1"] = AccountDownload("DU1", NOW, update_time="09:58", values_as_of=AS_OF,
-                                            base_currency="USD", rates={"USD": 1.0}, seconds=0.52)  # fmt: skip
+                                            base_currency="USD", rates={"USD": 1.0})  # fmt: skip
     snap.unavailable = {"DU2": "no accountDownloadEnd"}
     snap.seconds = {"DU1": 0.52, "DU2": 30.01}
     table = accounts_read(snap)
