@@ -112,6 +112,17 @@ def _start_a_slow_run(daemons: Daemons, sim: GatewayThread, queue: PositionQueue
     return daemon, run, ids
 
 
+def _forty_items_in_a_slow_run(
+    daemons: Daemons, sim: GatewayThread, state: GatewayState, queue: PositionQueue, home: str
+) -> tuple[subprocess.Popen[bytes], dg.DagsterRun, Worker, list[str]]:
+    """40 held items queued, a daemon started, and its sync run in flight in a slowed IB read, with its worker."""
+    items = [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in state.positions()]
+    daemon, run, ids = _start_a_slow_run(daemons, sim, queue, items[:40], home)
+    worker = Worker.parse(run.tags[WORKER_TAG])
+    assert worker is not None
+    return daemon, run, worker, ids
+
+
 def _resumed(queue: PositionQueue, ids: list[str], since: float) -> float:
     """Seconds from `since` until every item of `ids` is SUCCESS (looked at twice a second)."""
 
@@ -148,10 +159,7 @@ def test_the_daemon_killed_with_a_run_in_flight_costs_seconds(world) -> None:  #
     daemons, sim, state, home, tmp_path = world
     root = daemons.env["POSITION_LAKE_URI"]
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
-    items = [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in state.positions()]
-    daemon, run, ids = _start_a_slow_run(daemons, sim, queue, items[:40], home)
-    worker = Worker.parse(run.tags[WORKER_TAG])
-    assert worker is not None
+    daemon, run, worker, ids = _forty_items_in_a_slow_run(daemons, sim, state, queue, home)
 
     daemons.kill(daemon)
     assert _run_in_flight(home) is not None  # nothing told Dagster: the run says STARTED
@@ -175,10 +183,7 @@ def test_a_run_worker_killed_alone_costs_seconds(world) -> None:  # type: ignore
     daemons, sim, state, home, tmp_path = world
     root = daemons.env["POSITION_LAKE_URI"]
     queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
-    items = [{"conid": h.contract.conid, "symbol": h.contract.symbol, "account": h.account} for h in state.positions()]
-    daemon, run, ids = _start_a_slow_run(daemons, sim, queue, items[:40], home)
-    worker = Worker.parse(run.tags[WORKER_TAG])
-    assert worker is not None
+    daemon, run, worker, ids = _forty_items_in_a_slow_run(daemons, sim, state, queue, home)
 
     _hide_worker_if_measuring_before(home, run)
     killed = time.monotonic()
