@@ -8,7 +8,8 @@ say which currency `value` is in: it is taken as the contract's currency, as upd
 Each needed account's base currency and ExchangeRates come from reqAccountUpdatesMulti (no one-account rule
 either), asked for concurrently and cancelled; no rate means null base values, as in the account mode.
 
-Invariants: every subscription made here is cancelled before returning, also on error or timeout, and the cancels
+Invariants: every subscription made here is cancelled before returning, also on error or timeout (a dropped
+connection ends its wait at once and has ended its subscriptions: nothing is sent on it), and the cancels
 have reached the gateway when the connection stays up (a reqCurrentTime behind them in ib_async's queue); IB's unset
 double and NaN are null, never a number in a row; a pair whose value never comes gets no row: it is in
 `snapshot.unread`, its account in `snapshot.unavailable`, and its items are given back (`sync.given_back`).
@@ -71,6 +72,7 @@ async def read_pnl_values(
                 all_in.set()
 
     ib.pnlSingleEvent += keep
+    ib.disconnectedEvent += all_in.set  # a dropped connection ends the wait at once (raised below)
     subscribed: list[tuple[str, int]] = []
     facts: dict[str, AccountDownload] = {}
     multi: list[int] = []
@@ -92,15 +94,17 @@ async def read_pnl_values(
         if not ib.isConnected():
             raise IBDisconnected(disconnect_text(settings, client_id, "the reqPnLSingle subscriptions"))
         facts = {a: _account_facts(ib, a, settings) for a in accounts}
+    except ConnectionError as exc:  # ib_async's "Not connected" from a request sent after the socket closed
+        raise IBDisconnected(disconnect_text(settings, client_id, "the reqPnLSingle subscriptions")) from exc
     finally:
         ib.pnlSingleEvent -= keep
-        for account, conid in subscribed:
+        ib.disconnectedEvent -= all_in.set
+        for account, conid in subscribed if ib.isConnected() else []:  # a closed socket ended them all
             await pacer.turn()
             ib.cancelPnLSingle(account, "", conid)
-        for req_id in multi:
+        for req_id in multi if ib.isConnected() else []:
             await pacer.turn()
-            if ib.isConnected():
-                ib.client.cancelAccountUpdatesMulti(req_id)
+            ib.client.cancelAccountUpdatesMulti(req_id)
         await _cancels_sent(ib, len(subscribed) + len(multi))
     snapshot.downloads.update(facts)
     waited = time.monotonic() - began

@@ -4,17 +4,19 @@ request, and one account's PnL that stays unset or never comes costing only that
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
 
 from position_pipeline.core import terms
-from position_pipeline.core.ib_reader import IBSettings, IBTimeout, read_snapshot
+from position_pipeline.core.ib_reader import IBDisconnected, IBSettings, IBTimeout, read_snapshot
 from position_pipeline.core.pnl_values import ib_number
 from position_pipeline.ib_gateway_sim import GatewayThread, pnl_left_open
 from position_pipeline.ib_gateway_sim.messages import In
 from position_pipeline_tests.support.ib_reads import conids_by_account, held_only_by, settings_for, state_of
+from position_pipeline_tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,3 +128,30 @@ def test_an_unknown_values_mode_is_refused_with_the_choices() -> None:
 def test_ibs_unset_double_and_nan_are_null() -> None:
     assert ib_number(1.7976931348623157e308) is None and ib_number(float("nan")) is None
     assert ib_number(-12.5) == -12.5 and ib_number(0.0) == 0.0
+
+
+@pytest.mark.parametrize("asked", ["first", "all"], ids=["while-asking", "while-waiting"])
+def test_a_connection_lost_during_the_pnl_read_is_an_ib_disconnect_at_once(sim: GatewayThread, asked: str) -> None:
+    """A dropped socket ends its subscriptions: the read raises IBDisconnected (an IB error, so the batch is given
+    back), not ib_async's ConnectionError from cancelling over a closed socket, and does not pace cancels first."""
+    state = state_of(sim)
+    sim.set_faults(pnl_silent_for=set(state.accounts))  # the read waits out its bound unless the connection drops
+    conids = {c for account in state.accounts for c in sorted(held_only_by(state, account))[:5]}
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_snapshot(settings_for(sim, values_from="pnl", request_timeout=20.0), conids, "pnl-dropped")
+        except BaseException as exc:  # the test inspects whatever the read raised
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    enough = 1 if asked == "first" else len(conids)  # the first of 15 asks comes about 0.4 s before the last
+    wait_until(lambda: sum(r.msg_id == In.REQ_PNL_SINGLE for r in sim.requests()) >= enough, 10, f"{asked} PnL asked")
+    dropped = time.monotonic()
+    sim.call(lambda gateway: gateway.drop_connections())
+    reader.join(10)
+    assert not reader.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], IBDisconnected), outcome
+    assert time.monotonic() - dropped < 2.0  # not the 20-s bound, nor 15 paced cancels' worth of waiting
