@@ -49,7 +49,7 @@ from benchmarks import report
 from position_pipeline.core import lake
 from position_pipeline.core.ib_reader import IBSettings, read_snapshot
 from position_pipeline.core.queue import PositionQueue
-from position_pipeline.core.sync import failures, given_back, position_update_rows, snapshot_results
+from position_pipeline.core.sync import failures, given_back, pinned_accounts, position_update_rows, snapshot_results
 from position_pipeline.defs.assets import (
     SENSOR_BATCH_SIZE,
     ib_snapshot,
@@ -160,7 +160,7 @@ def sync_batch(
         return steps
 
     started = time.perf_counter()
-    snapshot = read_snapshot(settings, batch["conid"].unique().to_list(), run)
+    snapshot = read_snapshot(settings, batch["conid"].unique().to_list(), run, pinned_accounts(batch))
     back = given_back(batch, snapshot)  # as the ib_snapshot asset: unread items go back unjudged
     if back:
         queue.release(list(back), claimed_by=run)

@@ -17,7 +17,7 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 from datetime import UTC, datetime
 
 from ib_async import IB, Contract, PortfolioItem, Position, StartupFetch
@@ -61,12 +61,20 @@ def client_id_for(seed: str, settings: IBSettings, attempt: int = 0) -> int:
     return settings.client_id + offset
 
 
-def read_snapshot(settings: IBSettings, conids: Iterable[int], seed: str) -> IBSnapshot:
+def read_snapshot(
+    settings: IBSettings, conids: Iterable[int], seed: str, pinned: Mapping[int, Set[str]] | None = None
+) -> IBSnapshot:
     """Blocking wrapper for code that has no event loop (Dagster asset bodies)."""
-    return asyncio.run(read_snapshot_async(settings, set(conids), seed))
+    return asyncio.run(read_snapshot_async(settings, set(conids), seed, pinned))
 
 
-async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str) -> IBSnapshot:
+async def read_snapshot_async(
+    settings: IBSettings, conids: set[int], seed: str, pinned: Mapping[int, Set[str]] | None = None
+) -> IBSnapshot:
+    """The positions of `conids` in the configured accounts, with their values. `pinned` (conid -> accounts) narrows
+    a contract whose every item names its account to those accounts (`sync.pinned_accounts`); any other contract is
+    read in every account that holds it."""
+    pinned = pinned or {}
     ib = IB()
     notices: Notices = []
     positions: list[Position] = []
@@ -100,6 +108,7 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
         _check_positions(positions, managed, settings, client_id)
         latest = {(p.account, p.contract.conId): p for p in positions}  # later pushes replace earlier ones
         wanted = [p for p in latest.values() if p.account in accounts and p.contract.conId in conids]
+        wanted = [p for p in wanted if p.account in pinned.get(p.contract.conId, (p.account,))]  # pinned: theirs only
         needed = sorted({p.account for p in wanted})
         if refused:  # no position list: every account is read, and its download lists its positions
             log.warning("IB refused reqPositions (%s): reading every account's download instead%s", refused[0],
@@ -111,7 +120,7 @@ async def read_snapshot_async(settings: IBSettings, conids: set[int], seed: str)
             await _read_downloads(ib, snapshot, needed, settings, client_id, started)
             snapshot.unread = {(p.account, p.contract.conId) for p in wanted if p.account not in snapshot.downloads}
             wanted = [p for p in wanted if p.account in snapshot.downloads]
-            snapshot.positions = _held_positions(wanted, snapshot.downloads, conids)
+            snapshot.positions = _held_positions(wanted, snapshot.downloads, conids, pinned)
         snapshot.taken_at = datetime.now(UTC)
         return snapshot
     finally:
@@ -151,7 +160,7 @@ async def _read_downloads(
 
 
 def _held_positions(
-    wanted: list[Position], downloads: dict[str, AccountDownload], conids: set[int]
+    wanted: list[Position], downloads: dict[str, AccountDownload], conids: set[int], pinned: Mapping[int, Set[str]]
 ) -> list[HeldPosition]:
     """The wanted contracts held in the downloaded accounts: every reqPositions entry, with its portfolio item when
     the download had one, and the download's items that reqPositions did not list (opened in between)."""
@@ -159,7 +168,7 @@ def _held_positions(
     listed = {(p.account, p.contract.conId) for p in wanted}
     for account, download in sorted(downloads.items()):
         for conid, item in sorted(download.items.items()):
-            if conid in conids and (account, conid) not in listed:
+            if conid in conids and (account, conid) not in listed and account in pinned.get(conid, (account,)):
                 held.append(_held(account, item.contract, download, None, item.averageCost))
     return held
 

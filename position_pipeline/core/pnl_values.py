@@ -5,14 +5,20 @@ reqPnLSingle has no one-account rule and takes no market-data line; its values a
 computed in real time (the account window's, which reqAccountUpdates sends, refresh about every 3 minutes). A row's
 values are those of the first PNL_SINGLE whose `value` is set, stamped with the UTC moment it arrived. IB does not
 say which currency `value` is in: it is taken as the contract's currency, as updatePortfolio's marketValue is.
-Each needed account's base currency and ExchangeRates come from reqAccountUpdatesMulti (no one-account rule
-either), asked for concurrently and cancelled; no rate means null base values, as in the account mode.
 
-Invariants: every subscription made here is cancelled before returning, also on error or timeout (a dropped
-connection ends its wait at once and has ended its subscriptions: nothing is sent on it), and the cancels
-have reached the gateway when the connection stays up (a reqCurrentTime behind them in ib_async's queue); IB's unset
-double and NaN are null, never a number in a row; a pair whose value never comes gets no row: it is in
-`snapshot.unread`, its account in `snapshot.unavailable`, and its items are given back (`sync.given_back`).
+Each account's base currency and ExchangeRates come from one reqAccountSummary of every account (group "All", tags
+`NetLiquidation,$LEDGER:ALL`: IB states NetLiquidation in the base currency, and the ledger of every currency carries
+its ExchangeRate), cancelled once it has ended (IB allows two summary subscriptions at a time). An account it does not
+cover (the summary refused, as IB does for IBroker logins with more than 50 subaccounts, or not ended in time) gets
+its own reqAccountUpdatesMulti. No rate means null base values, as in the account mode.
+
+The PnL subscriptions are not cancelled one by one: the read disconnects as soon as the values are in, and the
+gateway ends a client's subscriptions with its connection (ib_async leaves its own connect-time subscriptions to the
+disconnect too). A cancel per pair would double what the read sends at IB's 50 messages a second.
+
+Invariants: at most REQUESTS_PER_S requests a second; IB's unset double and NaN are null, never a number in a row; a
+dropped connection ends the wait at once and nothing is sent on it; a pair whose value never comes gets no row: it
+is in `snapshot.unread`, its account in `snapshot.unavailable`, and its items are given back (`sync.given_back`).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import math
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
-from ib_async import IB, PnLSingle, Position
+from ib_async import IB, AccountValue, PnLSingle, Position
 
 from position_pipeline.core import terms
 from position_pipeline.core.account_download import AccountDownload, account_facts
@@ -38,7 +45,10 @@ UNSET_DOUBLE = 1.7976931348623157e308
 """IB's 'not computed yet' (Double.MAX_VALUE), which ib_async passes through."""
 
 REQUESTS_PER_S = 40
-"""This mode's requests a second (subscribe and cancel): under IB's 50, with room for the gateway's own clock."""
+"""This mode's requests a second: under IB's 50, with room for the gateway's own clock."""
+
+LEDGER_TAGS = "NetLiquidation,$LEDGER:ALL"
+"""The account summary's tags: the base currency (NetLiquidation's currency) and every currency's ExchangeRate."""
 
 
 def ib_number(value: float | None) -> float | None:
@@ -52,9 +62,9 @@ async def read_pnl_values(
     ib: IB, snapshot: IBSnapshot, wanted: list[Position], settings: IBSettings, client_id: int, started: float
 ) -> None:
     """Fill `snapshot` (positions, downloads with each account's base currency and rates, unavailable, unread,
-    seconds) from one PnL subscription per wanted pair, within IB_REQUEST_TIMEOUT and what is left of IB_READ_BUDGET,
-    the time to cancel included: pairs that would not fit are not asked for (unread, given back). IBTimeout when no
-    pair's value came at all, IBDisconnected when the connection drops."""
+    seconds) from one PnL subscription per wanted pair, within IB_REQUEST_TIMEOUT and what is left of IB_READ_BUDGET:
+    pairs that would not fit are not asked for (unread, given back). IBTimeout when no pair's value came at all,
+    IBDisconnected when the connection drops."""
     window_end = min(time.monotonic() + settings.request_timeout, started + settings.read_budget)
     pairs = {(p.account, p.contract.conId) for p in wanted}
     accounts = sorted({account for account, _ in pairs})
@@ -73,39 +83,31 @@ async def read_pnl_values(
 
     ib.pnlSingleEvent += keep
     ib.disconnectedEvent += all_in.set  # a dropped connection ends the wait at once (raised below)
-    subscribed: list[tuple[str, int]] = []
+    summary = _LedgerSummary(ib)
     facts: dict[str, AccountDownload] = {}
-    multi: list[int] = []
     try:
-        for account in accounts:  # the account values first: their replies come while the PnL is asked for
+        if accounts:  # the rates first: their replies come while the PnL is asked for
             await pacer.turn()
-            multi.append(_ask_account_values(ib, account))
+            summary.ask()
         for account, conid in _round_robin(pairs):
-            if time.monotonic() + (len(subscribed) + len(multi) + 1) * pacer.gap >= window_end:
-                break  # no time left to ask and cancel: the rest is unread
+            if time.monotonic() + pacer.gap >= window_end:
+                break  # no time left to ask: the rest is unread
             await pacer.turn()
             asked.add((account, conid))
             ib.reqPnLSingle(account, "", conid)
-            subscribed.append((account, conid))
-        values_end = window_end - (len(subscribed) + len(multi)) * pacer.gap
+        ends = await _rates_for(ib, summary, accounts, pacer, window_end)
         if pairs:
             with contextlib.suppress(TimeoutError):  # what came is kept; the rest is unread
-                await asyncio.wait_for(all_in.wait(), max(values_end - time.monotonic(), 0.0))
+                await asyncio.wait_for(_values_in(all_in, ends), max(window_end - time.monotonic(), 0.0))
         if not ib.isConnected():
             raise IBDisconnected(disconnect_text(settings, client_id, "the reqPnLSingle subscriptions"))
-        facts = {a: _account_facts(ib, a, settings) for a in accounts}
+        facts = {a: _account_facts(a, summary.values_for(a) or _multi_values(ib, a), settings) for a in accounts}
     except ConnectionError as exc:  # ib_async's "Not connected" from a request sent after the socket closed
         raise IBDisconnected(disconnect_text(settings, client_id, "the reqPnLSingle subscriptions")) from exc
     finally:
         ib.pnlSingleEvent -= keep
         ib.disconnectedEvent -= all_in.set
-        for account, conid in subscribed if ib.isConnected() else []:  # a closed socket ended them all
-            await pacer.turn()
-            ib.cancelPnLSingle(account, "", conid)
-        for req_id in multi if ib.isConnected() else []:
-            await pacer.turn()
-            ib.client.cancelAccountUpdatesMulti(req_id)
-        await _cancels_sent(ib, len(subscribed) + len(multi))
+        summary.close()
     snapshot.downloads.update(facts)
     waited = time.monotonic() - began
     if pairs and not arrived:
@@ -124,6 +126,33 @@ async def read_pnl_values(
         for p in wanted
         if (p.account, p.contract.conId) in arrived
     ]
+
+
+async def _values_in(all_in: asyncio.Event, ends: list[asyncio.Future[Any]]) -> None:
+    """Every pair's value and every fallback account request's end (or the connection's drop)."""
+    await all_in.wait()
+    await asyncio.gather(*ends, return_exceptions=True)
+
+
+async def _rates_for(
+    ib: IB, summary: _LedgerSummary, accounts: list[str], pacer: _Pacer, window_end: float
+) -> list[asyncio.Future[Any]]:
+    """Wait (bounded) for the account summary's end, cancel it, and ask reqAccountUpdatesMulti for each account it
+    did not cover; the futures of those requests, resolved at their ends."""
+    if not accounts:
+        return []
+    await summary.ended(window_end)
+    await pacer.turn()
+    summary.cancel()
+    uncovered = [account for account in accounts if not summary.values_for(account)]
+    if uncovered:
+        log.warning("accounts %s: not in the account summary (%s): asking reqAccountUpdatesMulti for each",
+                    ", ".join(uncovered), summary.why_not)  # fmt: skip
+    ends = []
+    for account in uncovered:
+        await pacer.turn()
+        ends.append(_ask_account_values(ib, account))
+    return ends
 
 
 def _round_robin(pairs: set[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -163,8 +192,8 @@ def _note_missing(
         why *= bool(silent)
         if unasked:
             why.append(
-                f"conid {_some(unasked)} not asked for: asking for and cancelling them would not fit in "
-                "IB_REQUEST_TIMEOUT/IB_READ_BUDGET at 40 requests a second"
+                f"conid {_some(unasked)} not asked for: asking for them would not fit in "
+                f"IB_REQUEST_TIMEOUT/IB_READ_BUDGET at {REQUESTS_PER_S} requests a second"
             )
         snapshot.unavailable[account] = "; ".join(why) + ": those items are given back and retried"
         log.warning("account %s: %s", account, snapshot.unavailable[account])
@@ -174,34 +203,70 @@ def _some(conids: list[int]) -> str:
     return ", ".join(str(c) for c in conids[:5]) + (f" and {len(conids) - 5} more" if len(conids) > 5 else "")
 
 
-def _ask_account_values(ib: IB, account: str) -> int:
-    """reqAccountUpdatesMulti for `account` (its values fill `ib.wrapper.accountValues`); the request id, to cancel."""
+class _LedgerSummary:
+    """One reqAccountSummary("All", LEDGER_TAGS): its end or its refusal (an error naming its request id) ends the
+    wait; its values are read from ib_async's summary store."""
+
+    def __init__(self, ib: IB) -> None:
+        self.ib = ib
+        self.req_id: int | None = None
+        self.future: asyncio.Future[Any] | None = None
+        self.why_not = "not ended in time"
+        self._open = False
+
+    def ask(self) -> None:
+        self.req_id = self.ib.client.getReqId()
+        self.future = self.ib.wrapper.startReq(self.req_id)
+        self.ib.errorEvent += self._refused
+        self.ib.client.reqAccountSummary(self.req_id, "All", LEDGER_TAGS)
+        self._open = True
+
+    def _refused(self, req_id: int, code: int, text: str, contract: object) -> None:
+        if req_id == self.req_id and self.future is not None and not self.future.done():
+            self.why_not = f"refused: error {code} {text}"
+            self.future.set_result([])
+
+    async def ended(self, deadline: float) -> None:
+        if self.future is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.future), max(deadline - time.monotonic(), 0.0))
+
+    def cancel(self) -> None:
+        if self._open and self.ib.isConnected():
+            self.ib.client.cancelAccountSummary(self.req_id)
+        self._open = False
+
+    def close(self) -> None:
+        self.ib.errorEvent -= self._refused
+        self.cancel()
+
+    def values_for(self, account: str) -> list[AccountValue]:
+        """The account's summary values, when they name its base currency (NetLiquidation's currency)."""
+        values = [v for v in self.ib.wrapper.acctSummary.values() if v.account == account]
+        return values if any(v.tag == "NetLiquidation" and v.currency for v in values) else []
+
+
+def _ask_account_values(ib: IB, account: str) -> asyncio.Future[Any]:
+    """reqAccountUpdatesMulti for `account` (its values fill `ib.wrapper.accountValues`); resolved at its end."""
     req_id = ib.client.getReqId()
-    ib.wrapper.startReq(req_id)  # resolved at its end message; the values are read from the wrapper
+    future = ib.wrapper.startReq(req_id)
     ib.client.reqAccountUpdatesMulti(req_id, account, "", False)
-    return req_id
+    return future
 
 
-def _account_facts(ib: IB, account: str, settings: IBSettings) -> AccountDownload:
-    """The account's base currency and rates from the account values that came; none came: null base values (the
-    rows say so through `sync.missing_rates`)."""
+def _multi_values(ib: IB, account: str) -> list[AccountValue]:
+    return [v for v in ib.wrapper.accountValues.values() if v.account == account and not v.modelCode]
+
+
+def _account_facts(account: str, values: list[AccountValue], settings: IBSettings) -> AccountDownload:
+    """The account's base currency and rates from its account values; none came: null base values (the rows say
+    so through `sync.missing_rates`)."""
     download = AccountDownload(account, datetime.now(UTC))
-    values = [v for v in ib.wrapper.accountValues.values() if v.account == account and not v.modelCode]
     if not values:
-        log.warning("account %s: no account values (reqAccountUpdatesMulti) in time: no base-currency values", account)
+        log.warning("account %s: no account values (summary or reqAccountUpdatesMulti) in time: no base-currency "
+                    "values", account)  # fmt: skip
     account_facts(download, values, settings.zone)
     return download
-
-
-async def _cancels_sent(ib: IB, queued: int) -> None:
-    """Wait (bounded) until the gateway has read the cancels: a reqCurrentTime sent after them is answered only
-    then."""
-    if not queued or not ib.isConnected():
-        return
-    try:
-        await asyncio.wait_for(ib.reqCurrentTimeAsync(), 5.0)
-    except (TimeoutError, ConnectionError) as exc:
-        log.warning("the PnL cancels may not all have reached the gateway (%r); disconnecting ends them", exc)
 
 
 def _held(p: Position, pnl: PnLSingle, at: datetime, download: AccountDownload) -> HeldPosition:

@@ -56,6 +56,13 @@ def snapshot_results(batch: pl.DataFrame, snapshot: IBSnapshot) -> pl.DataFrame:
     return joined.select(SNAPSHOT_RESULTS_SCHEMA.names()).cast(SNAPSHOT_RESULTS_SCHEMA)
 
 
+def pinned_accounts(batch: pl.DataFrame) -> dict[int, frozenset[str]]:
+    """conid -> the accounts its items name, for the contracts of `batch` whose every item names one: the read needs
+    those accounts only. A contract with an item that names none needs every account holding it, so it is absent."""
+    per_conid = batch.group_by("conid").agg(pl.col("account").cast(pl.String).alias("accounts"))
+    return {conid: frozenset(accounts) for conid, accounts in per_conid.iter_rows() if None not in accounts}
+
+
 def given_back(batch: pl.DataFrame, snapshot: IBSnapshot) -> dict[str, str]:
     """request_id -> why, for the items of `batch` that need values IB did not give: an item pinned to an account
     whose download failed (or, in the pnl mode, whose PnL for the item's contract never came), or one without an

@@ -33,6 +33,7 @@ from position_pipeline.core.sync import (
     accounts_read,
     given_back,
     missing_rates,
+    pinned_accounts,
     position_moves,
     read_summary,
     snapshot_results,
@@ -154,7 +155,8 @@ def ib_snapshot(
     settings = ib.settings()
     started = time.perf_counter()
     try:
-        snapshot = ib.read_snapshot(queued_positions["conid"].unique().to_list(), context.run_id)
+        conids = queued_positions["conid"].unique().to_list()
+        snapshot = ib.read_snapshot(conids, context.run_id, pinned_accounts(queued_positions))
     except IBError as exc:
         released = lake.queue().release(queued_positions["request_id"].to_list(), claimed_by=context.run_id)
         context.log.error(f"IB read failed; {released} items released for a later run: {exc}")

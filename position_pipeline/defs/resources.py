@@ -7,7 +7,7 @@ credentials, region and endpoint from the AWS_* variables `lake.storage_options_
 """
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
 import dagster as dg
@@ -114,9 +114,12 @@ class IBResource(dg.ConfigurableResource):
             read_budget=self.read_budget,
         )
 
-    def read_snapshot(self, conids: Iterable[int], run_id: str) -> IBSnapshot:
-        """One polling read of the positions and portfolio values of these contracts."""
-        return read_snapshot(self.settings(), conids, seed=run_id)
+    def read_snapshot(
+        self, conids: Iterable[int], run_id: str, pinned: Mapping[int, Set[str]] | None = None
+    ) -> IBSnapshot:
+        """One polling read of the positions and portfolio values of these contracts (those in `pinned` in its
+        accounts only: `sync.pinned_accounts`)."""
+        return read_snapshot(self.settings(), conids, seed=run_id, pinned=pinned)
 
 
 class LakeResource(dg.ConfigurableResource):

@@ -11,7 +11,7 @@ API).
 
 from .contracts import Contract, Holding, Valuation
 from .faults import Faults
-from .hub import RequestRecord, pnl_left_open
+from .hub import RequestRecord
 from .ledger import AccountValuation
 from .messages import MAX_SERVER_VERSION, MIN_SERVER_VERSION, ErrorCode
 from .server import GatewayThread, SimulatedGateway
@@ -31,5 +31,4 @@ __all__ = [
     "RequestRecord",
     "SimulatedGateway",
     "Valuation",
-    "pnl_left_open",
 ]

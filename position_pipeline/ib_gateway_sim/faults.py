@@ -59,6 +59,9 @@ class Faults:
     # reqPositions refused (error 321, no positionEnd), as IB does for logins with more than 50 subaccounts;
     # reqPositionsMulti per account still works. None: automatic (refused when the login has more than 50 accounts).
     positions_unavailable: bool | None = None
+    # reqAccountSummary refused (error 321 naming its reqId, no end), as IB does for group "All" on IBroker logins
+    # with more than 50 subaccounts or on-demand account lookup.
+    account_summary_refused: bool = False
     # PNL_SINGLE fields sent as IB's unset double 1.7976931348623157E308 (not computed yet), by PNL_FIELDS name.
     pnl_unset: set[str] = field(default_factory=set)
     # Seconds between a reqPnLSingle and its first PNL_SINGLE, for every account unless the account has its own

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .faults import Faults
-from .messages import MARKET_DATA_REQUESTS, ORDER_REQUESTS, In
+from .messages import MARKET_DATA_REQUESTS, ORDER_REQUESTS
 from .state import GatewayState, Holding
 
 if TYPE_CHECKING:
@@ -180,14 +180,11 @@ class Hub:
             grouped[record.client_id].append(record)
         return dict(grouped)
 
-
-def pnl_left_open(requests: list[RequestRecord]) -> list[RequestRecord]:
-    """The reqPnLSingle records that no cancelPnLSingle of the same connection and reqId followed: subscriptions a
-    client left open (a closed connection ends them at the gateway, but a client should cancel what it asked)."""
-    open_: dict[tuple[int, str], RequestRecord] = {}
-    for record in requests:
-        if record.msg_id == In.REQ_PNL_SINGLE and len(record.fields) > 1:
-            open_[(record.connection, record.fields[1])] = record
-        elif record.msg_id == In.CANCEL_PNL_SINGLE and len(record.fields) > 1:
-            open_.pop((record.connection, record.fields[1]), None)
-    return list(open_.values())
+    def open_pnl_subscriptions(self) -> list[tuple[int, int, str, int]]:
+        """(client id, reqId, account, conid) of each PnL subscription on a connection still open: closing a
+        connection ends its subscriptions (its session leaves `sessions`), as at IB."""
+        return sorted(
+            (client_id, req_id, account, conid)
+            for client_id, session in self.sessions.items()
+            for req_id, (account, conid) in session.pnl_subscriptions.items()
+        )

@@ -33,6 +33,8 @@ LEDGER_KEYS = (
     "CashBalance", "TotalCashBalance", "StockMarketValue", "OptionMarketValue",
     "FuturesPNL", "UnrealizedPnL", "RealizedPnL", "NetLiquidationByCurrency",
 )  # fmt: skip
+LEDGER_SECTION_KEYS = frozenset({"Currency", "ExchangeRate", *LEDGER_KEYS})
+"""The keys of a currency's section (BASE's too), which IB's account summary sends only for its `$LEDGER` flags."""
 Row = tuple[str, str, str]  # (key, value, currency) of an ACCT_VALUE message
 
 

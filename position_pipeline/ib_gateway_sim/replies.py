@@ -16,6 +16,7 @@ from . import messages as m
 from .contracts import Holding
 from .filler import filler_rows
 from .framing import Field
+from .ledger import BASE, LEDGER_SECTION_KEYS
 from .state import GatewayState
 
 
@@ -47,15 +48,24 @@ def account_updates_multi(state: GatewayState, req_id: int, account: str, model_
 
 
 def account_summary(state: GatewayState, req_id: int, tags: set[str]) -> list[list[Field]]:
-    """The requested tags (all when empty) of every account, then the end."""
+    """The requested tags of every account, then the end. Account-level tags (NetLiquidation, ...) in the base
+    currency; IB's ledger flags per currency section (`ledger.LEDGER_SECTION_KEYS`, ExchangeRate included):
+    `$LEDGER` the BASE section only, `$LEDGER:EUR` that currency's, `$LEDGER:ALL` every currency's (BASE
+    included). No tags: the account-level ones."""
     frames = [
         m.account_summary(req_id, account, key, value, currency)
         for account in state.accounts
         for key, value, currency in state.account_values(account)
-        if not tags or key in tags
+        if _in_summary(key, currency, tags)
     ]
     frames.append(m.account_summary_end(req_id))
     return frames
+
+
+def _in_summary(key: str, currency: str, tags: set[str]) -> bool:
+    if key not in LEDGER_SECTION_KEYS:
+        return (not tags or key in tags) and key != "AccountCode"
+    return "$LEDGER:ALL" in tags or f"$LEDGER:{currency}" in tags or ("$LEDGER" in tags and currency == BASE)
 
 
 def pnl(state: GatewayState, req_id: int, account: str, conid: int, unset: Collection[str] = ()) -> list[Field]:

@@ -120,6 +120,12 @@ class SimulatedGateway:
     def connected_clients(self) -> list[int]:
         return sorted(self.hub.sessions)
 
+    @property
+    def open_pnl_subscriptions(self) -> list[tuple[int, int, str, int]]:
+        """(client id, reqId, account, conid) of each PnL subscription on a connection still open: closing a
+        connection ends its subscriptions, as at IB."""
+        return self.hub.open_pnl_subscriptions()
+
     def go_down(self, seconds: float, drop_existing: bool = True) -> None:
         """Refuse connections for `seconds` (the listening socket is closed), like a restarting gateway."""
         loop = asyncio.get_running_loop()

@@ -304,6 +304,12 @@ class Session:
         """reqAccountSummary [62, 1, reqId, group, tags]: the requested tags of every account (ib_async sends it
         by itself after error 1102)."""
         req_id = int_field(fields, 2, "reqId")
+        if self.hub.faults.account_summary_refused:
+            detail = "group All is not available for this login; request the accounts one by one"
+            self.reply_error(req_id, ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                             m.error_text(ErrorCode.SERVER_ERROR_VALIDATING_REQUEST,
+                                          request="reqAccountSummary", detail=detail))  # fmt: skip
+            return
         tags = {t for t in (fields[4] if len(fields) > 4 else "").split(",") if t}
         for reply in replies.account_summary(self.hub.state, req_id, tags):
             self.reply(reply)

@@ -1,6 +1,7 @@
 """`ib_reader` in the pnl values mode (IB_VALUES_FROM=pnl), with the real ib_async client against the simulated
-gateway: rows from reqPnLSingle on a multi-account multi-currency desk, every subscription cancelled, no market-data
-request, and one account's PnL that stays unset or never comes costing only that account's positions."""
+gateway: rows from reqPnLSingle on a multi-account multi-currency desk, the rates from one account summary, every
+subscription ended with the connection, no market-data request, and one account's PnL that stays unset or never
+comes costing only that account's positions."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 from position_pipeline.core import terms
 from position_pipeline.core.ib_reader import IBDisconnected, IBSettings, IBTimeout, read_snapshot
 from position_pipeline.core.pnl_values import ib_number
-from position_pipeline.ib_gateway_sim import GatewayThread, pnl_left_open
+from position_pipeline.ib_gateway_sim import GatewayThread
 from position_pipeline.ib_gateway_sim.messages import In
-from position_pipeline_tests.support.ib_reads import conids_by_account, held_only_by, settings_for, state_of
+from position_pipeline_tests.support.ib_reads import conids_by_account, held_only_by, pnl_ended, settings_for, state_of
 from position_pipeline_tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -58,7 +59,13 @@ def test_pnl_rows_carry_the_live_values_daily_pnl_and_base_values(sim: GatewayTh
     records = sim.requests()
     assert not [r.name for r in records if r.is_order or r.is_market_data]
     assert not [r for r in records if r.msg_id == In.REQ_ACCT_DATA]  # no account download in this mode
-    assert pnl_left_open(records) == []  # every subscription cancelled
+    pnl_ended(sim)  # no cancels sent: closing the connection ended the subscriptions
+    records = sim.requests()  # the gateway has read all the read sent
+    assert not [r for r in records if r.msg_id == In.CANCEL_PNL_SINGLE]
+    summaries = [r for r in records if r.msg_id == In.REQ_ACCOUNT_SUMMARY]  # the rates: one summary, cancelled
+    assert len(summaries) == 1 and summaries[0].fields[3:] == ("All", "NetLiquidation,$LEDGER:ALL")
+    assert sum(r.msg_id == In.CANCEL_ACCOUNT_SUMMARY for r in records) == 1
+    assert not [r for r in records if r.msg_id == In.REQ_ACCOUNT_UPDATES_MULTI]
     assert sum(r.msg_id == In.REQ_PNL_SINGLE for r in records) == len(snapshot.positions)
 
 
@@ -79,7 +86,7 @@ def test_an_account_whose_pnl_value_stays_unset_has_its_positions_unread_with_th
     assert set(snapshot.unavailable) == {second} and second in snapshot.downloads  # its account values came
     assert 0.5 <= elapsed < 3.0  # it waited for the values, within the 1-s bound (the cancels included)
     assert all(ib_number(p.market_value) is not None for p in snapshot.positions)
-    assert pnl_left_open(sim.requests()) == []
+    pnl_ended(sim)
 
 
 def test_one_account_whose_pnl_never_comes_costs_only_its_positions_within_the_timeout(sim: GatewayThread) -> None:
@@ -96,7 +103,7 @@ def test_one_account_whose_pnl_never_comes_costs_only_its_positions_within_the_t
     assert snapshot.unread == {(third, c) for c in conids & conids_by_account(state)[third]}
     assert 1.0 <= elapsed < 4.0 and snapshot.seconds[third] >= 1.0  # its bound, not more
     assert 0.3 <= snapshot.seconds[first] < 1.5  # the delay before the first message, then its values
-    assert pnl_left_open(sim.requests()) == []
+    pnl_ended(sim)
 
 
 def test_no_value_at_all_is_a_timeout_of_the_read(sim: GatewayThread) -> None:
@@ -105,7 +112,7 @@ def test_no_value_at_all_is_a_timeout_of_the_read(sim: GatewayThread) -> None:
     with pytest.raises(IBTimeout, match="no reqPnLSingle value came"):
         read_snapshot(settings_for(sim, values_from="pnl", request_timeout=1.0), held_only_by(state, state.accounts[0]),
                       "pnl-none")  # fmt: skip
-    assert pnl_left_open(sim.requests()) == []
+    pnl_ended(sim)
 
 
 def test_without_a_position_list_pnl_mode_reads_the_downloads(sim: GatewayThread) -> None:

@@ -12,8 +12,8 @@ import pytest
 from position_pipeline.core import lake
 from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.defs.resources import IBResource, ib_resource
-from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread, pnl_left_open
-from position_pipeline_tests.support.ib_reads import desk_items, holders_of
+from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
+from position_pipeline_tests.support.ib_reads import desk_items, holders_of, pnl_ended
 from position_pipeline_tests.support.sync_runs import run_sync, updates
 
 pytestmark = pytest.mark.timeout(90)
@@ -62,7 +62,7 @@ def test_pnl_rows_say_so_and_carry_the_daily_pnl(
         holding = sim_state.holding(row["account"], row["conid"])
         assert holding is not None and row["daily_pnl"] == sim_state.daily_pnl(holding)
     assert set(queue.read()["status"]) == {QueueStatus.SUCCESS}
-    assert pnl_left_open(sim.requests()) == []
+    pnl_ended(sim)
     assert not [r.name for r in sim.requests() if r.is_order or r.is_market_data]
 
 
@@ -111,4 +111,4 @@ def test_one_accounts_missing_pnl_gives_back_only_its_items_and_marks_nothing_fa
     assert metadata["ib_read_seconds"].value < 2 + 3  # the 2-s request timeout, not more  # type: ignore[operator]
     warnings = [e.message for e in instance.all_logs(result.run_id) if f"account {second} not read" in e.message]
     assert len(warnings) == 1 and "reqPnLSingle sent no value for conid" in warnings[0]
-    assert pnl_left_open(sim.requests()) == []
+    pnl_ended(sim)

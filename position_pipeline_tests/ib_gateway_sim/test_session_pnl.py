@@ -1,10 +1,9 @@
 """The simulator's PnL subscriptions (reqPnLSingle) driven with bytes, no sockets: the daily PnL against the prior
 close, the delay before a subscription's first message, the per-account faults (values that stay unset, messages
-that never come) and the record of subscriptions left open."""
+that never come) and the end of a connection's subscriptions with it."""
 
 from __future__ import annotations
 
-from position_pipeline.ib_gateway_sim import pnl_left_open
 from position_pipeline.ib_gateway_sim.hub import Hub
 from position_pipeline.ib_gateway_sim.messages import UNSET_DOUBLE_TEXT, In
 from position_pipeline.ib_gateway_sim.state import GatewayState
@@ -56,12 +55,15 @@ def test_an_account_whose_pnl_stays_unset_or_never_comes(small_hub: Hub) -> None
     assert all(f[3:] == [UNSET_DOUBLE_TEXT] * 4 for f in frames)
 
 
-def test_pnl_left_open_names_the_subscriptions_without_a_cancel(small_hub: Hub) -> None:
+def test_a_cancel_or_the_connections_close_ends_its_pnl_subscriptions(small_hub: Hub) -> None:
     first, second = connect(small_hub, client_id=1), connect(small_hub, client_id=2)
     first.receive_data(req(In.REQ_PNL_SINGLE, 3, "DU1", "", AAPL.conid))
+    first.receive_data(req(In.REQ_PNL_SINGLE, 4, "DU1", "", MSFT.conid))
     second.receive_data(req(In.REQ_PNL_SINGLE, 3, "DU2", "", MSFT.conid))
     first.receive_data(req(In.CANCEL_PNL_SINGLE, 3))
-    left = pnl_left_open(small_hub.requests)
-    assert [(r.client_id, r.fields[1]) for r in left] == [(2, "3")]
-    second.receive_data(req(In.CANCEL_PNL_SINGLE, 3))
-    assert pnl_left_open(small_hub.requests) == []
+    assert small_hub.open_pnl_subscriptions() == [(1, 4, "DU1", MSFT.conid), (2, 3, "DU2", MSFT.conid)]
+    sent(first)
+    first.close("client disconnected")
+    assert small_hub.open_pnl_subscriptions() == [(2, 3, "DU2", MSFT.conid)]
+    small_hub.refresh(portfolio=False, pnl=True)
+    assert sent(first) == []  # nothing more for a closed connection

@@ -155,6 +155,30 @@ def test_account_summary_rows_for_the_requested_tags(small_hub: Hub) -> None:
     assert sent(session) == [] and session.phase is Phase.READY
 
 
+def test_account_summary_ledger_flags_send_currency_sections(small_hub: Hub) -> None:
+    """IB's `$LEDGER` flags: the BASE section only, one currency's, or every currency's with its ExchangeRate."""
+    session = connect(small_hub)
+    session.receive_data(req(In.REQ_ACCOUNT_SUMMARY, 1, 5, "All", "NetLiquidation,$LEDGER:ALL"))
+    rows = [(f[3], f[4], f[6]) for f in sent(session)[:-1]]
+    for account in ("DU1", "DU2"):
+        base = small_hub.state.base_currency(account)
+        assert (account, "NetLiquidation", base) in rows
+        rates = {ccy for a, tag, ccy in rows if a == account and tag == "ExchangeRate"}
+        assert {"BASE", base} <= rates
+    assert not {tag for _, tag, _ in rows} & {"AccountCode", "TotalCashValue"}  # only what was asked
+    session.receive_data(req(In.REQ_ACCOUNT_SUMMARY, 1, 6, "All", "$LEDGER"))
+    assert {f[6] for f in sent(session)[:-1]} == {"BASE"}
+    session.receive_data(req(In.REQ_ACCOUNT_SUMMARY, 1, 7, "All", "$LEDGER:USD"))
+    assert {(f[4], f[6]) for f in sent(session)[:-1]} >= {("ExchangeRate", "USD"), ("CashBalance", "USD")}
+
+
+def test_a_refused_account_summary_is_a_321_naming_its_request(small_hub: Hub) -> None:
+    small_hub.faults.account_summary_refused = True
+    session = connect(small_hub)
+    session.receive_data(req(In.REQ_ACCOUNT_SUMMARY, 1, 8, "All", "$LEDGER:ALL"))
+    assert errors(sent(session)) == [(8, 321)]
+
+
 # --- refusals and errors ---------------------------------------------------------------------------------------------
 
 

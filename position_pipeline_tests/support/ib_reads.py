@@ -104,3 +104,13 @@ def assert_matches_state(position: HeldPosition, state: GatewayState) -> None:
         value.market_price, value.market_value, value.unrealized_pnl, value.realized_pnl,
     )  # fmt: skip
     assert got == expected, f"{position.account}/{position.conid}"
+
+
+def pnl_ended(sim: GatewayThread) -> None:
+    """A pnl-mode read left no PnL subscription open: it sends no cancels, and closing its connection ended them."""
+    wait_until(
+        lambda: not sim.call(lambda gw: gw.open_pnl_subscriptions),
+        5.0,
+        "the read's PnL subscriptions to end with its connection",
+        explain=lambda: repr(sim.call(lambda gw: gw.open_pnl_subscriptions)[:5]),
+    )

@@ -1,0 +1,74 @@
+"""The pnl mode's rates and its narrowing to pinned accounts, with the real ib_async client against the simulated
+gateway: the base currency and ExchangeRates from one account summary, a reqAccountUpdatesMulti per account when
+the summary is refused, a currency without a rate left null, and contracts whose items all name an account read in
+those accounts only (in either values mode)."""
+
+from __future__ import annotations
+
+import pytest
+
+from position_pipeline.core.ib_reader import read_snapshot
+from position_pipeline.ib_gateway_sim import GatewayThread
+from position_pipeline.ib_gateway_sim.messages import In
+from position_pipeline_tests.support.ib_reads import holders_of, pnl_ended, settings_for, state_of
+from position_pipeline_tests.support.sim_contracts import HSBC_HK
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_a_refused_account_summary_costs_one_request_per_account_and_the_same_rates(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    sim.set_faults(account_summary_refused=True)
+    conids = {h.contract.conid for h in state.positions()}
+
+    snapshot = read_snapshot(settings_for(sim, values_from="pnl"), conids, "summary-refused")
+
+    assert len(snapshot.positions) == len(list(state.positions())) and not snapshot.unavailable
+    for p in snapshot.positions:
+        assert p.base_currency == state.base_currency(p.account)
+        assert p.fx_rate == state.exchange_rate(p.account, p.currency)
+    pnl_ended(sim)
+    records = sim.requests()
+    multi = sorted(r.fields[3] for r in records if r.msg_id == In.REQ_ACCOUNT_UPDATES_MULTI)
+    assert multi == sorted(state.accounts)  # one each, after the refusal
+    assert sum(r.msg_id == In.REQ_ACCOUNT_SUMMARY for r in records) == 1
+
+
+def test_a_currency_without_an_exchange_rate_has_no_rate_in_the_pnl_mode(sim: GatewayThread) -> None:
+    state = state_of(sim)
+    first = state.accounts[0]
+    sim.call(lambda gw: gw.state.set_position(first, HSBC_HK, 400, market_price=62.5))
+
+    snapshot = read_snapshot(settings_for(sim, values_from="pnl"), {HSBC_HK.conid}, "no-rate")
+
+    (row,) = snapshot.positions
+    assert (row.account, row.currency, row.position) == (first, "HKD", 400)
+    assert row.market_value == pytest.approx(400 * 62.5)
+    assert row.base_currency == state.base_currency(first) and row.fx_rate is None  # never a guessed 1.0
+
+
+@pytest.mark.parametrize("values_from", ["pnl", "account_updates"])
+def test_a_contract_whose_items_all_name_an_account_is_read_in_those_accounts_only(
+    sim: GatewayThread, values_from: str
+) -> None:
+    state = state_of(sim)
+    shared = sorted(c for c, holders in holders_of(state).items() if len(holders) >= 2)[:3]
+    assert shared, "the simulated desk holds contracts in several accounts"
+    chosen = {c: min(holders_of(state)[c]) for c in shared}
+    elsewhere = sorted(holders_of(state)[shared[0]] - {chosen[shared[0]]})
+
+    snapshot = read_snapshot(
+        settings_for(sim, values_from=values_from), set(shared), "pinned", pinned={c: {a} for c, a in chosen.items()}
+    )
+
+    assert {(p.conid, p.account) for p in snapshot.positions} == set(chosen.items())
+    records = sim.requests()
+    if values_from == "pnl":
+        asked = {(r.fields[2], int(r.fields[4])) for r in records if r.msg_id == In.REQ_PNL_SINGLE}
+        assert asked == {(a, c) for c, a in chosen.items()}
+    else:
+        downloaded = {r.fields[3] for r in records if r.msg_id == In.REQ_ACCT_DATA and r.fields[2] == "1"}
+        assert downloaded == set(chosen.values()) and not downloaded & set(elsewhere)
+
+    unpinned = read_snapshot(settings_for(sim, values_from=values_from), {shared[0]}, "unpinned")
+    assert {p.account for p in unpinned.positions} == holders_of(state)[shared[0]]  # every holder, as before
