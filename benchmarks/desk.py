@@ -13,9 +13,10 @@ the desk's mix of items (every third without an account), with the pipeline's de
 
 What bounds each mode: `account_updates` reads one account after another (IB serves account updates for one account
 at a time across all clients), so a batch touching 50 accounts costs at least 50 x 0.5 s. `pnl` asks for every
-(account, conid) at once but sends every request and its cancel at 40 a second (IB allows 50 messages a second), so
-a read costs about 2 x (pairs + accounts) / 40 s plus the first message's delay, and a read asks only for the pairs
-it can also cancel within IB_REQUEST_TIMEOUT (30 s): about 600; a bigger batch has the rest given back.
+(account, conid) at once, and the rates of every account in one account summary, but sends its requests at 40 a
+second (IB allows 50 messages a second), so a read costs about pairs / 40 s plus the first message's delay, and a
+read asks only for the pairs it can ask within IB_REQUEST_TIMEOUT (30 s): about 1,100; a bigger batch has the rest
+given back. Items that name their account are read in that account only, so a batch's pairs are what its items need.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ UNSET_DOUBLE = 1.7976931348623157e308
 REQUESTS_PER_S = 40
 """This mode's requests a second: under IB's 50, with room for the gateway's own clock."""
 
+SUMMARY_WAIT_S = 5.0
+"""How long the account summary may take beyond the PnL requests (it is asked first, and a gateway answers it in
+well under a second) before the accounts it did not cover are asked one by one."""
+
 LEDGER_TAGS = "NetLiquidation,$LEDGER:ALL"
 """The account summary's tags: the base currency (NetLiquidation's currency) and every currency's ExchangeRate."""
 
@@ -141,7 +145,7 @@ async def _rates_for(
     did not cover; the futures of those requests, resolved at their ends."""
     if not accounts:
         return []
-    await summary.ended(window_end)
+    await summary.ended(min(window_end, time.monotonic() + SUMMARY_WAIT_S))
     await pacer.turn()
     summary.cancel()
     uncovered = [account for account in accounts if not summary.values_for(account)]

@@ -142,6 +142,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " more than 50 --accounts; reqPositionsMulti keeps working",
     )
     login.add_argument(
+        "--account-summary-refused",
+        action="store_true",
+        help="refuse reqAccountSummary (error 321 naming its reqId) as IB does for group All on IBroker logins with"
+        " more than 50 subaccounts",
+    )
+    login.add_argument(
         "--pnl-unset",
         action="append",
         default=[],
@@ -217,6 +223,7 @@ def build_gateway(args: argparse.Namespace) -> SimulatedGateway:
         unsubscribe_mid_download=cuts,
         account_updates_held_by=args.account_updates_held_by,
         positions_unavailable=True if args.positions_unavailable else None,
+        account_summary_refused=args.account_summary_refused,
         pnl_unset=set(args.pnl_unset),
         pnl_seconds=args.pnl_seconds,
         pnl_unset_for=set(args.pnl_unset_for),

@@ -69,7 +69,7 @@ def test_download_cost_and_fault_flags_reach_the_faults() -> None:
         "--download-seconds", "0.5", "--download-seconds-for", "DU1000002:2", "--account-value-volume", "300",
         "--no-download-end-for", "DU1000001", "--unsubscribe-mid-download", "DU1000002",
         "--unsubscribe-mid-download", "DU1000001:3", "--account-updates-held-by", "77", "--positions-unavailable",
-        "--pnl-unset", "dailyPnL", "--garbage-after-handshake",
+        "--pnl-unset", "dailyPnL", "--garbage-after-handshake", "--account-summary-refused",
     )  # fmt: skip
     faults = gateway.faults
     assert (faults.download_delay("DU1000001"), faults.download_delay("DU1000002")) == (0.5, 2.0)
@@ -78,6 +78,7 @@ def test_download_cost_and_fault_flags_reach_the_faults() -> None:
     assert faults.unsubscribe_mid_download == {"DU1000002": 1, "DU1000001": 3}
     assert faults.account_updates_held_by == 77
     assert faults.positions_refused(2) and faults.pnl_unset == {"dailyPnL"} and faults.garbage_after_handshake
+    assert faults.account_summary_refused
 
 
 def test_without_the_flags_downloads_are_instant_and_positions_automatic() -> None:
