@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from position_pipeline.cli.errors import guarded
 from position_pipeline.cli.lake_option import open_queue
 from position_pipeline.cli.number_args import seconds_argument
-from position_pipeline.cli.output import PROG, print_json
+from position_pipeline.cli.output import PROG, print_json, say
 from position_pipeline.cli.when import when_argument
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _launch_backfill(args: argparse.Namespace) -> int:
     home = os.environ.get("DAGSTER_HOME", "")
     problem = dagster_home_problem(home)
     if problem:
-        print(f"{PROG} backfill: {problem}: point it at the Dagster instance the daemon runs on", file=sys.stderr)
+        say(f"{PROG} backfill: {problem}: point it at the Dagster instance the daemon runs on", file=sys.stderr)
         return 1
     queue = open_queue(args.lake)
     now = datetime.now(UTC)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from position_pipeline.cli.errors import CommandError, guarded
 from position_pipeline.cli.lake_option import open_queue
-from position_pipeline.cli.output import ITEM_OPTIONS, count, print_json, step_printer
+from position_pipeline.cli.output import ITEM_OPTIONS, count, print_json, say, step_printer
 from position_pipeline.core.terms import Priority
 from position_pipeline.core.text_input import parse_ascii_int
 
@@ -93,7 +93,7 @@ def _enqueue_one(args: argparse.Namespace) -> int:
     else:
         what = f"conid {conid} {args.symbol.strip()}, priority {priority}"
         what += f", account {args.account}" if args.account is not None else ""
-        print(f"Enqueued request {request_id} ({what}) in {queue.table_uri}")
+        say(f"Enqueued request {request_id} ({what}) in {queue.table_uri}")
     return 0
 
 
@@ -119,7 +119,7 @@ def _enqueue_file(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"enqueued": len(request_ids), "request_ids": request_ids, "table": queue.table_uri})
     else:
-        print(f"Enqueued {count(len(request_ids), 'item')} from {path} in {queue.table_uri} ({elapsed:.1f} s)")
+        say(f"Enqueued {count(len(request_ids), 'item')} from {path} in {queue.table_uri} ({elapsed:.1f} s)")
     return 0
 
 

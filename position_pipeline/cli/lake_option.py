@@ -38,8 +38,8 @@ def lake_argument(text: str) -> str:
 def resolve_lake(option: str | None) -> str:
     """The lake root: the --lake value, else $POSITION_LAKE_URI, else ./.lake; a local folder made absolute.
 
-    CommandError when a local root, or the folder its tables live in, exists and is not a folder: that is no lake,
-    and reading it must not answer "no table yet"."""
+    CommandError when a local root, the folder its tables live in, or a table's folder exists and is not a folder:
+    that is no lake (no table), and reading it must not answer "no table yet" nor delta-rs' "path does not exist"."""
     from position_pipeline.core import lake
 
     root = lake_argument(lake.lake_root() if option is None else option)
@@ -48,6 +48,10 @@ def resolve_lake(option: str | None) -> str:
         for path in (local, os.path.join(local, lake.SCHEMA_NAME)):
             if os.path.exists(path) and not os.path.isdir(path):
                 raise CommandError(f"the lake root {root} is not a folder: {path} is a file (--lake, {LAKE_ENV})")
+        for table in (lake.QUEUE_TABLE, lake.POSITION_UPDATES_TABLE, lake.ARCHIVE_TABLE):
+            path = os.path.join(local, lake.SCHEMA_NAME, table)
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise CommandError(f"the {table} table of the lake {root} is a file, not a table's folder: {path}")
     return root
 
 

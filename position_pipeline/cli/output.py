@@ -104,7 +104,7 @@ def step_printer(command: str, *, quiet: bool) -> Callable[[str], None]:
 
     def step(message: str) -> None:
         if not quiet:
-            print(f"{PROG} {command}: {time.monotonic() - started:6.1f} s  {message}", file=sys.stderr, flush=True)
+            say(f"{PROG} {command}: {time.monotonic() - started:6.1f} s  {message}", file=sys.stderr)
 
     return step
 
@@ -120,4 +120,4 @@ def print_problems(command: str, exc: QueueInputError, source: str | None) -> No
             lines.append(f"  {problem}")
     if len(exc.problems) > PROBLEMS_SHOWN:
         lines.append(f"  ... and {len(exc.problems) - PROBLEMS_SHOWN} more")
-    print("\n".join(lines), file=sys.stderr)
+    say(*lines, file=sys.stderr)

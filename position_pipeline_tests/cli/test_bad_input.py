@@ -144,6 +144,20 @@ def test_no_value_reaches_the_terminal_with_a_control_character(
     assert queue.read().equals(before)
 
 
+@pytest.mark.parametrize(
+    "rows", ["conid,symbol\n265598,AAPL\n", "conid,symbol\nnot-a-number,AAPL\n"], ids=["ok", "bad"]
+)
+def test_a_file_name_with_a_control_character_is_printed_escaped(
+    call: Callable[..., Result], lake_root: Path, tmp_path: Path, rows: str
+) -> None:
+    path = tmp_path / "items\x1b[2J.csv"
+    path.write_text(rows)
+    code, out, err = call("enqueue", "--from-file", str(path))
+    assert code == (0 if rows.startswith("conid,symbol\n2") else 1), err
+    assert not [c for c in out + err if c != "\n" and (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F)], repr(out + err)
+    assert "items\\x1b[2J.csv" in out + err  # shown escaped, not dropped
+
+
 def test_printable_escapes_and_is_idempotent() -> None:
     assert printable("a\x1b[2Jb\n\u202e") == "a\\x1b[2Jb\\x0a\\u202e"
     assert printable(printable("\x00")) == "\\x00"
@@ -235,6 +249,21 @@ def test_a_lake_root_that_is_a_file_is_an_error_not_no_table_yet(
         f"error: the lake root {root} is not a folder: {root} is a file (--lake, POSITION_LAKE_URI)"
     )
     assert root.read_text() == "not a lake"
+    assert root.read_text() == "not a lake"
+
+
+@pytest.mark.parametrize("table", ["position_queue", "position_updates"])
+@pytest.mark.parametrize("command", [("status",), ("positions",), ("enqueue", "--conid", "1", "--symbol", "A")])
+def test_a_table_folder_that_is_a_file_is_named_as_such(
+    call: Callable[..., Result], lake_root: Path, command: tuple[str, ...], table: str
+) -> None:
+    path = lake_root / "positions" / table
+    path.parent.mkdir(parents=True)
+    path.write_text("not a table")
+    code, out, err = call(*command)
+    assert (code, out) == (1, "")
+    assert last_line(err).endswith(f"table of the lake {lake_root} is a file, not a table's folder: {path}")
+    assert path.read_text() == "not a table"
 
 
 def test_a_storage_error_leads_with_its_cause_on_one_line() -> None:
