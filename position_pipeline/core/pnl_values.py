@@ -215,7 +215,7 @@ class _LedgerSummary:
         self.ib = ib
         self.req_id: int | None = None
         self.future: asyncio.Future[Any] | None = None
-        self.why_not = "not ended in time"
+        self.refusal: str | None = None  # an error naming its request id
         self._open = False
 
     def ask(self) -> None:
@@ -226,9 +226,23 @@ class _LedgerSummary:
         self._open = True
 
     def _refused(self, req_id: int, code: int, text: str, contract: object) -> None:
-        if req_id == self.req_id and self.future is not None and not self.future.done():
-            self.why_not = f"refused: error {code} {text}"
-            self.future.set_result([])
+        """Any error naming the request: ib_async ends the request itself for codes it does not take for warnings
+        (before this event), and leaves it waiting for a 321."""
+        if req_id == self.req_id and self.future is not None:
+            self.refusal = f"refused: error {code} {text}"
+            self._open = False
+            if not self.future.done():
+                self.future.set_result([])
+
+    @property
+    def why_not(self) -> str:
+        return self.refusal or "not ended in time"
+
+    @property
+    def complete(self) -> bool:
+        """Ended (its end message came) and not refused."""
+        f = self.future
+        return f is not None and f.done() and not f.cancelled() and f.exception() is None and self.refusal is None
 
     async def ended(self, deadline: float) -> None:
         if self.future is not None:
@@ -245,7 +259,10 @@ class _LedgerSummary:
         self.cancel()
 
     def values_for(self, account: str) -> list[AccountValue]:
-        """The account's summary values, when they name its base currency (NetLiquidation's currency)."""
+        """The account's summary values, when the summary ended (one cut short may hold an account's NetLiquidation
+        without its ExchangeRates) and they name its base currency (NetLiquidation's currency)."""
+        if not self.complete:
+            return []
         values = [v for v in self.ib.wrapper.acctSummary.values() if v.account == account]
         return values if any(v.tag == "NetLiquidation" and v.currency for v in values) else []
 
