@@ -93,13 +93,18 @@ async def read_pnl_values(
         if accounts:  # the rates first: their replies come while the PnL is asked for
             await pacer.turn()
             summary.ask()
+        reserve = (len(accounts) + 1) * pacer.gap * bool(accounts)  # the summary's cancel and its fallbacks
+        ends: list[asyncio.Future[Any]] | None = None
         for account, conid in _round_robin(pairs):
-            if time.monotonic() + pacer.gap >= window_end:
-                break  # no time left to ask: the rest is unread
+            if ends is None and summary.refusal is not None:  # refused: ask the accounts now, not at the end
+                ends, reserve = await _fallbacks(ib, summary, accounts, pacer, window_end), 0.0
+            if time.monotonic() + pacer.gap + reserve >= window_end:
+                break  # no time left to ask (and to ask the rates after): the rest is unread
             await pacer.turn()
             asked.add((account, conid))
             ib.reqPnLSingle(account, "", conid)
-        ends = await _rates_for(ib, summary, accounts, pacer, window_end)
+        if ends is None:
+            ends = await _rates_for(ib, summary, accounts, pacer, window_end, reserve)
         if pairs:
             with contextlib.suppress(TimeoutError):  # what came is kept; the rest is unread
                 await asyncio.wait_for(_values_in(all_in, ends), max(window_end - time.monotonic(), 0.0))
@@ -139,21 +144,33 @@ async def _values_in(all_in: asyncio.Event, ends: list[asyncio.Future[Any]]) -> 
 
 
 async def _rates_for(
-    ib: IB, summary: _LedgerSummary, accounts: list[str], pacer: _Pacer, window_end: float
+    ib: IB, summary: _LedgerSummary, accounts: list[str], pacer: _Pacer, window_end: float, reserve: float
 ) -> list[asyncio.Future[Any]]:
-    """Wait (bounded) for the account summary's end, cancel it, and ask reqAccountUpdatesMulti for each account it
-    did not cover; the futures of those requests, resolved at their ends."""
+    """Wait for the account summary's end (SUMMARY_WAIT_S at most, and `reserve` before the window's end: the time
+    `_fallbacks` may take to send), then `_fallbacks`."""
     if not accounts:
         return []
-    await summary.ended(min(window_end, time.monotonic() + SUMMARY_WAIT_S))
-    await pacer.turn()
-    summary.cancel()
+    await summary.ended(min(window_end - reserve, time.monotonic() + SUMMARY_WAIT_S))
+    return await _fallbacks(ib, summary, accounts, pacer, window_end)
+
+
+async def _fallbacks(
+    ib: IB, summary: _LedgerSummary, accounts: list[str], pacer: _Pacer, window_end: float
+) -> list[asyncio.Future[Any]]:
+    """Cancel the summary and ask reqAccountUpdatesMulti for each account it did not cover (every account when it
+    did not end: a summary cut short may hold an account's NetLiquidation without its ExchangeRates); the futures of
+    those requests, resolved at their ends. At most len(accounts) + 1 requests, none after `window_end`."""
+    if summary.is_open and pacer.fits(window_end):
+        await pacer.turn()
+        summary.cancel()
     uncovered = [account for account in accounts if not summary.values_for(account)]
     if uncovered:
         log.warning("accounts %s: not in the account summary (%s): asking reqAccountUpdatesMulti for each",
                     ", ".join(uncovered), summary.why_not)  # fmt: skip
     ends = []
     for account in uncovered:
+        if not pacer.fits(window_end):
+            break  # no rates for the rest: null base values (`sync.missing_rates` says so)
         await pacer.turn()
         ends.append(_ask_account_values(ib, account))
     return ends
@@ -182,6 +199,10 @@ class _Pacer:
         if self._next > now:
             await asyncio.sleep(self._next - now)
         self._next = max(now, self._next) + self.gap
+
+    def fits(self, window_end: float) -> bool:
+        """Whether the next turn comes before `window_end`."""
+        return max(time.monotonic(), self._next) < window_end
 
 
 def _note_missing(
@@ -239,6 +260,10 @@ class _LedgerSummary:
         return self.refusal or "not ended in time"
 
     @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
     def complete(self) -> bool:
         """Ended (its end message came) and not refused."""
         f = self.future
@@ -255,12 +280,13 @@ class _LedgerSummary:
         self._open = False
 
     def close(self) -> None:
+        """Stop listening; a summary still open ends with the connection, which the read closes next (a cancel here
+        could come after the read's window)."""
         self.ib.errorEvent -= self._refused
-        self.cancel()
 
     def values_for(self, account: str) -> list[AccountValue]:
-        """The account's summary values, when the summary ended (one cut short may hold an account's NetLiquidation
-        without its ExchangeRates) and they name its base currency (NetLiquidation's currency)."""
+        """The account's summary values, when the summary ended and they name its base currency (NetLiquidation's
+        currency)."""
         if not self.complete:
             return []
         values = [v for v in self.ib.wrapper.acctSummary.values() if v.account == account]
