@@ -9,16 +9,19 @@ say which currency `value` is in: it is taken as the contract's currency, as upd
 Each account's base currency and ExchangeRates come from one reqAccountSummary of every account (group "All", tags
 `NetLiquidation,$LEDGER:ALL`: IB states NetLiquidation in the base currency, and the ledger of every currency carries
 its ExchangeRate), cancelled once it has ended (IB allows two summary subscriptions at a time). An account it does not
-cover (the summary refused, as IB does for IBroker logins with more than 50 subaccounts, or not ended in time) gets
-its own reqAccountUpdatesMulti. No rate means null base values, as in the account mode.
+cover gets its own reqAccountUpdatesMulti: every account when the summary is refused (as IB does for IBroker logins
+with more than 50 subaccounts; asked as soon as the refusal comes) or has not ended in time (a summary cut short may
+hold an account's NetLiquidation without its ExchangeRates). The PnL requests leave room in the window for those.
+No rate means null base values, as in the account mode.
 
 The PnL subscriptions are not cancelled one by one: the read disconnects as soon as the values are in, and the
 gateway ends a client's subscriptions with its connection (ib_async leaves its own connect-time subscriptions to the
 disconnect too). A cancel per pair would double what the read sends at IB's 50 messages a second.
 
-Invariants: at most REQUESTS_PER_S requests a second; IB's unset double and NaN are null, never a number in a row; a
-dropped connection ends the wait at once and nothing is sent on it; a pair whose value never comes gets no row: it
-is in `snapshot.unread`, its account in `snapshot.unavailable`, and its items are given back (`sync.given_back`).
+Invariants: at most REQUESTS_PER_S requests a second, none after the window (IB_REQUEST_TIMEOUT, IB_READ_BUDGET);
+IB's unset double and NaN are null, never a number in a row; a dropped connection ends the wait at once and nothing
+is sent on it; a pair whose value never comes gets no row: it is in `snapshot.unread`, its account in
+`snapshot.unavailable`, and its items are given back (`sync.given_back`).
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ async def _fallbacks(
         await pacer.turn()
         summary.cancel()
     uncovered = [account for account in accounts if not summary.values_for(account)]
+    summary.settled = True  # a later error naming it no longer takes away the accounts it covered
     if uncovered:
         log.warning("accounts %s: not in the account summary (%s): asking reqAccountUpdatesMulti for each",
                     ", ".join(uncovered), summary.why_not)  # fmt: skip
@@ -237,6 +241,7 @@ class _LedgerSummary:
         self.req_id: int | None = None
         self.future: asyncio.Future[Any] | None = None
         self.refusal: str | None = None  # an error naming its request id
+        self.settled = False  # the accounts it covers are decided (`_fallbacks`)
         self._open = False
 
     def ask(self) -> None:
@@ -249,7 +254,7 @@ class _LedgerSummary:
     def _refused(self, req_id: int, code: int, text: str, contract: object) -> None:
         """Any error naming the request: ib_async ends the request itself for codes it does not take for warnings
         (before this event), and leaves it waiting for a 321."""
-        if req_id == self.req_id and self.future is not None:
+        if req_id == self.req_id and self.future is not None and not self.settled:
             self.refusal = f"refused: error {code} {text}"
             self._open = False
             if not self.future.done():
