@@ -9,16 +9,19 @@ say which currency `value` is in: it is taken as the contract's currency, as upd
 Each account's base currency and ExchangeRates come from one reqAccountSummary of every account (group "All", tags
 `NetLiquidation,$LEDGER:ALL`: IB states NetLiquidation in the base currency, and the ledger of every currency carries
 its ExchangeRate), cancelled once it has ended (IB allows two summary subscriptions at a time). An account it does not
-cover (the summary refused, as IB does for IBroker logins with more than 50 subaccounts, or not ended in time) gets
-its own reqAccountUpdatesMulti. No rate means null base values, as in the account mode.
+cover gets its own reqAccountUpdatesMulti: every account when the summary is refused (as IB does for IBroker logins
+with more than 50 subaccounts; asked as soon as the refusal comes) or has not ended in time (a summary cut short may
+hold an account's NetLiquidation without its ExchangeRates). The PnL requests leave room in the window for those.
+No rate means null base values, as in the account mode.
 
 The PnL subscriptions are not cancelled one by one: the read disconnects as soon as the values are in, and the
 gateway ends a client's subscriptions with its connection (ib_async leaves its own connect-time subscriptions to the
 disconnect too). A cancel per pair would double what the read sends at IB's 50 messages a second.
 
-Invariants: at most REQUESTS_PER_S requests a second; IB's unset double and NaN are null, never a number in a row; a
-dropped connection ends the wait at once and nothing is sent on it; a pair whose value never comes gets no row: it
-is in `snapshot.unread`, its account in `snapshot.unavailable`, and its items are given back (`sync.given_back`).
+Invariants: at most REQUESTS_PER_S requests a second, none after the window (IB_REQUEST_TIMEOUT, IB_READ_BUDGET);
+IB's unset double and NaN are null, never a number in a row; a dropped connection ends the wait at once and nothing
+is sent on it; a pair whose value never comes gets no row: it is in `snapshot.unread`, its account in
+`snapshot.unavailable`, and its items are given back (`sync.given_back`).
 """
 
 from __future__ import annotations
@@ -93,13 +96,18 @@ async def read_pnl_values(
         if accounts:  # the rates first: their replies come while the PnL is asked for
             await pacer.turn()
             summary.ask()
+        reserve = (len(accounts) + 1) * pacer.gap * bool(accounts)  # the summary's cancel and its fallbacks
+        ends: list[asyncio.Future[Any]] | None = None
         for account, conid in _round_robin(pairs):
-            if time.monotonic() + pacer.gap >= window_end:
-                break  # no time left to ask: the rest is unread
+            if ends is None and summary.refusal is not None:  # refused: ask the accounts now, not at the end
+                ends, reserve = await _fallbacks(ib, summary, accounts, pacer, window_end), 0.0
+            if time.monotonic() + pacer.gap + reserve >= window_end:
+                break  # no time left to ask (and to ask the rates after): the rest is unread
             await pacer.turn()
             asked.add((account, conid))
             ib.reqPnLSingle(account, "", conid)
-        ends = await _rates_for(ib, summary, accounts, pacer, window_end)
+        if ends is None:
+            ends = await _rates_for(ib, summary, accounts, pacer, window_end, reserve)
         if pairs:
             with contextlib.suppress(TimeoutError):  # what came is kept; the rest is unread
                 await asyncio.wait_for(_values_in(all_in, ends), max(window_end - time.monotonic(), 0.0))
@@ -139,21 +147,34 @@ async def _values_in(all_in: asyncio.Event, ends: list[asyncio.Future[Any]]) -> 
 
 
 async def _rates_for(
-    ib: IB, summary: _LedgerSummary, accounts: list[str], pacer: _Pacer, window_end: float
+    ib: IB, summary: _LedgerSummary, accounts: list[str], pacer: _Pacer, window_end: float, reserve: float
 ) -> list[asyncio.Future[Any]]:
-    """Wait (bounded) for the account summary's end, cancel it, and ask reqAccountUpdatesMulti for each account it
-    did not cover; the futures of those requests, resolved at their ends."""
+    """Wait for the account summary's end (SUMMARY_WAIT_S at most, and `reserve` before the window's end: the time
+    `_fallbacks` may take to send), then `_fallbacks`."""
     if not accounts:
         return []
-    await summary.ended(min(window_end, time.monotonic() + SUMMARY_WAIT_S))
-    await pacer.turn()
-    summary.cancel()
+    await summary.ended(min(window_end - reserve, time.monotonic() + SUMMARY_WAIT_S))
+    return await _fallbacks(ib, summary, accounts, pacer, window_end)
+
+
+async def _fallbacks(
+    ib: IB, summary: _LedgerSummary, accounts: list[str], pacer: _Pacer, window_end: float
+) -> list[asyncio.Future[Any]]:
+    """Cancel the summary and ask reqAccountUpdatesMulti for each account it did not cover (every account when it
+    did not end: a summary cut short may hold an account's NetLiquidation without its ExchangeRates); the futures of
+    those requests, resolved at their ends. At most len(accounts) + 1 requests, none after `window_end`."""
+    if summary.is_open and pacer.fits(window_end):
+        await pacer.turn()
+        summary.cancel()
     uncovered = [account for account in accounts if not summary.values_for(account)]
+    summary.settled = True  # a later error naming it no longer takes away the accounts it covered
     if uncovered:
         log.warning("accounts %s: not in the account summary (%s): asking reqAccountUpdatesMulti for each",
                     ", ".join(uncovered), summary.why_not)  # fmt: skip
     ends = []
     for account in uncovered:
+        if not pacer.fits(window_end):
+            break  # no rates for the rest: null base values (`sync.missing_rates` says so)
         await pacer.turn()
         ends.append(_ask_account_values(ib, account))
     return ends
@@ -182,6 +203,10 @@ class _Pacer:
         if self._next > now:
             await asyncio.sleep(self._next - now)
         self._next = max(now, self._next) + self.gap
+
+    def fits(self, window_end: float) -> bool:
+        """Whether the next turn comes before `window_end`."""
+        return max(time.monotonic(), self._next) < window_end
 
 
 def _note_missing(
@@ -215,7 +240,8 @@ class _LedgerSummary:
         self.ib = ib
         self.req_id: int | None = None
         self.future: asyncio.Future[Any] | None = None
-        self.why_not = "not ended in time"
+        self.refusal: str | None = None  # an error naming its request id
+        self.settled = False  # the accounts it covers are decided (`_fallbacks`)
         self._open = False
 
     def ask(self) -> None:
@@ -226,9 +252,27 @@ class _LedgerSummary:
         self._open = True
 
     def _refused(self, req_id: int, code: int, text: str, contract: object) -> None:
-        if req_id == self.req_id and self.future is not None and not self.future.done():
-            self.why_not = f"refused: error {code} {text}"
-            self.future.set_result([])
+        """Any error naming the request: ib_async ends the request itself for codes it does not take for warnings
+        (before this event), and leaves it waiting for a 321."""
+        if req_id == self.req_id and self.future is not None and not self.settled:
+            self.refusal = f"refused: error {code} {text}"
+            self._open = False
+            if not self.future.done():
+                self.future.set_result([])
+
+    @property
+    def why_not(self) -> str:
+        return self.refusal or "not ended in time"
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    @property
+    def complete(self) -> bool:
+        """Ended (its end message came) and not refused."""
+        f = self.future
+        return f is not None and f.done() and not f.cancelled() and f.exception() is None and self.refusal is None
 
     async def ended(self, deadline: float) -> None:
         if self.future is not None:
@@ -241,11 +285,15 @@ class _LedgerSummary:
         self._open = False
 
     def close(self) -> None:
+        """Stop listening; a summary still open ends with the connection, which the read closes next (a cancel here
+        could come after the read's window)."""
         self.ib.errorEvent -= self._refused
-        self.cancel()
 
     def values_for(self, account: str) -> list[AccountValue]:
-        """The account's summary values, when they name its base currency (NetLiquidation's currency)."""
+        """The account's summary values, when the summary ended and they name its base currency (NetLiquidation's
+        currency)."""
+        if not self.complete:
+            return []
         values = [v for v in self.ib.wrapper.acctSummary.values() if v.account == account]
         return values if any(v.tag == "NetLiquidation" and v.currency for v in values) else []
 

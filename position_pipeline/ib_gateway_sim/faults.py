@@ -62,6 +62,9 @@ class Faults:
     # reqAccountSummary refused (error 321 naming its reqId, no end), as IB does for group "All" on IBroker logins
     # with more than 50 subaccounts or on-demand account lookup.
     account_summary_refused: bool = False
+    # reqAccountSummary answered with only its first this many values and no end (a summary still streaming, or a
+    # gateway that stalls mid-way); None: the whole summary.
+    account_summary_cut_after: int | None = None
     # PNL_SINGLE fields sent as IB's unset double 1.7976931348623157E308 (not computed yet), by PNL_FIELDS name.
     pnl_unset: set[str] = field(default_factory=set)
     # Seconds between a reqPnLSingle and its first PNL_SINGLE, for every account unless the account has its own

@@ -311,7 +311,9 @@ class Session:
                                           request="reqAccountSummary", detail=detail))  # fmt: skip
             return
         tags = {t for t in (fields[4] if len(fields) > 4 else "").split(",") if t}
-        for reply in replies.account_summary(self.hub.state, req_id, tags):
+        frames = replies.account_summary(self.hub.state, req_id, tags)
+        cut = self.hub.faults.account_summary_cut_after
+        for reply in frames if cut is None else frames[: min(cut, len(frames) - 1)]:
             self.reply(reply)
 
     def _req_auto_open_orders(self, fields: list[str]) -> None:

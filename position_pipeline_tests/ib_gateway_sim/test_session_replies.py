@@ -179,6 +179,14 @@ def test_a_refused_account_summary_is_a_321_naming_its_request(small_hub: Hub) -
     assert errors(sent(session)) == [(8, 321)]
 
 
+def test_a_cut_account_summary_sends_its_first_values_and_no_end(small_hub: Hub) -> None:
+    small_hub.faults.account_summary_cut_after = 3
+    session = connect(small_hub)
+    session.receive_data(req(In.REQ_ACCOUNT_SUMMARY, 1, 9, "All", "NetLiquidation,$LEDGER:ALL"))
+    frames = sent(session)
+    assert [f[0] for f in frames] == ["63"] * 3  # three values, no ACCOUNT_SUMMARY_END
+
+
 # --- refusals and errors ---------------------------------------------------------------------------------------------
 
 
