@@ -36,8 +36,9 @@ def on_table(uri: str) -> set[str]:
 async def note_test_main(handlers: int) -> tuple[list[str], list[Any], int, int]:
     """The design note's producer calls, verbatim but for the import: its test's main() and its worker's marks,
     then `handlers` position handlers inserting at once as a streamer's callbacks do."""
-    from position_pipeline import AsyncPositionQueue as PositionQueue  # was: from v6.data.position_queue import ...
-    from position_pipeline.core.terms import QueueStatus
+    # was: from v6.data.position_queue import PositionQueue, QueuedPosition, QueueStatus
+    from position_pipeline import AsyncPositionQueue as PositionQueue
+    from position_pipeline import QueuedPosition, QueueStatus
 
     # Create queue
     queue = PositionQueue(delta_lake_path="data/lake/test_position_queue")
@@ -49,6 +50,7 @@ async def note_test_main(handlers: int) -> tuple[list[str], list[Any], int, int]
 
     # The worker's calls (QueueWorker._process_batch)
     batch = await queue.get_batch(priority=2, limit=10, status=QueueStatus.PENDING)
+    assert all(isinstance(item, QueuedPosition) for item in batch)
     success_ids = [item.request_id for item in batch[:4]]
     failed_items = [(batch[4], "Position not found in IB")]
     if success_ids:
@@ -203,6 +205,18 @@ def test_insert_many_and_the_readers_are_the_sync_calls_awaited(uri: str) -> Non
     assert on_table(uri) == set(ids) and counts["PENDING"] == 3  # type: ignore[index]
 
 
+def test_the_sync_queue_has_the_note_s_first_calls_too(tmp_path: Path) -> None:
+    """initialize() and a context manager, as the async queue, so the note's calls read the same blocking."""
+    uri = str(tmp_path / "queue")
+    queue = PositionQueue(delta_lake_path=uri)
+    queue.initialize()
+    assert queue.version() == 0 and on_table(uri) == set()  # created, empty
+    queue.initialize()  # idempotent
+    with PositionQueue(delta_lake_path=uri) as again:
+        request_id = again.insert(1, "SYM")
+    assert on_table(uri) == {request_id}
+
+
 def test_the_sync_queue_takes_delta_lake_path_too(uri: str) -> None:
     queue = PositionQueue(delta_lake_path=uri)
     assert queue.table_uri == uri and queue.insert(1, "SYM") in on_table(uri)
@@ -219,12 +233,15 @@ def test_importing_the_package_stays_light_until_a_queue_is_asked_for() -> None:
     probe = (
         "import sys, position_pipeline\n"
         "assert 'polars' not in sys.modules and 'deltalake' not in sys.modules, 'heavy import'\n"
-        "from position_pipeline import AsyncPositionQueue, PositionQueue\n"
-        "print(AsyncPositionQueue.__module__, PositionQueue.__module__)\n"
+        "from position_pipeline import QueueStatus\n"
+        "assert 'polars' not in sys.modules and 'deltalake' not in sys.modules, 'heavy import'\n"
+        "from position_pipeline import AsyncPositionQueue, PositionQueue, QueuedPosition\n"
+        "print(AsyncPositionQueue.__module__, PositionQueue.__module__, QueuedPosition.__module__)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
         "position_pipeline.core.queue.async_queue",
         "position_pipeline.core.queue.position_queue",
+        "position_pipeline.core.queue.reads",
     ]

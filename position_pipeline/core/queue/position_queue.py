@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import TracebackType
+
 from position_pipeline.core.queue.claims import QueueClaims
 from position_pipeline.core.queue.enqueue import QueueEnqueue
 from position_pipeline.core.queue.legacy import LegacyImport
@@ -19,3 +21,17 @@ class PositionQueue(QueueEnqueue, QueueReads, QueueClaims, QueueTakeover, Legacy
     `storage_options` None: those `lake.storage_options_for` gives for the table's URI (none for a local folder;
     AWS_* variables for s3://).
     """
+
+    def initialize(self) -> None:
+        """Open the table, creating it when absent, and check its schema: the design note's first call, as
+        `AsyncPositionQueue.initialize`. Optional: every other call does the same on first use."""
+        self.version()
+
+    def __enter__(self) -> PositionQueue:
+        self.initialize()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        """Nothing to flush: every call of the blocking queue has committed before it returns."""
