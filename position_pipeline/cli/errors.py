@@ -2,8 +2,8 @@
 as 130. Every command runs its work through `guarded`, so none prints a traceback for an expected failure.
 
 delta-rs' Rust code writes a panic (and with RUST_BACKTRACE its backtrace) straight to file descriptor 2 before it
-raises, for example on a read-only or full disk. `guarded` holds that output back unless RUST_BACKTRACE is set:
-the operator reads the cause, in one line, last.
+raises, for example on a read-only or full disk. `guarded` holds that output back unless `--debug` or RUST_BACKTRACE
+asks for it (then with the Python traceback too): the operator reads the cause, in one line, last.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 
 from position_pipeline.cli.output import PROG, print_problems, say
@@ -51,6 +52,8 @@ def guarded(
     except QueueInputError as exc:
         print_problems(command, exc, source)
     except reported as exc:
+        if debugging():
+            traceback.print_exc(file=sys.stderr)
         say(f"{PROG} {command}: error: {error_line(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG} {command}: interrupted", file=sys.stderr)
@@ -69,7 +72,8 @@ def error_line(error: BaseException) -> str:
 
 
 def debugging() -> bool:
-    """Whether the operator asked for Rust's own panic output and backtraces (RUST_BACKTRACE set, not 0)."""
+    """Whether the operator asked for tracebacks and Rust's own panic output (`--debug`, or RUST_BACKTRACE set and
+    not 0)."""
     return os.environ.get("RUST_BACKTRACE", "").strip() not in ("", "0")
 
 

@@ -7,6 +7,7 @@ UNHEALTHY), 130 interrupted.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,4 +17,6 @@ from position_pipeline.cli.parser import build_parser
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse `argv` (default: the process's arguments), run the command and exit with its code."""
     args = build_parser().parse_args(argv)
+    if args.debug:  # read by cli/errors.py `debugging`, and by Rust itself when it panics
+        os.environ["RUST_BACKTRACE"] = "1"
     sys.exit(args.handler(args))

@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep a trading desk's record of brokerage positions current in Delta Lake.",
     )
     parser.add_argument("--version", action=_PrintVersion, help="print the installed version and exit")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a failure, print the Python traceback and delta-rs' own panic output before the one-line error "
+        "(as RUST_BACKTRACE=1 does)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     simulate.register(commands)
     demo.register(commands)

@@ -252,6 +252,20 @@ def test_a_lake_root_that_is_a_file_is_an_error_not_no_table_yet(
     assert root.read_text() == "not a lake"
 
 
+def test_debug_adds_the_traceback_before_the_one_line_error(
+    call: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "lake.txt"
+    root.write_text("not a lake")
+    monkeypatch.setenv("POSITION_LAKE_URI", str(root))
+    monkeypatch.setenv("RUST_BACKTRACE", "0")  # restored after the test: --debug sets it for the process
+    code, _, err = call("status")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    code, _, debug_err = call("--debug", "status")
+    assert code == 1 and "Traceback (most recent call last)" in debug_err and "CommandError" in debug_err
+    assert last_line(debug_err) == last_line(err)  # the one line still comes last
+
+
 @pytest.mark.parametrize("table", ["position_queue", "position_updates"])
 @pytest.mark.parametrize("command", [("status",), ("positions",), ("enqueue", "--conid", "1", "--symbol", "A")])
 def test_a_table_folder_that_is_a_file_is_named_as_such(
@@ -342,17 +356,18 @@ def read_only_lake(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.system
-@pytest.mark.parametrize("backtrace", ["", "1"])
+@pytest.mark.parametrize("backtrace", ["", "1", "--debug"])
 def test_a_read_only_lake_is_one_line_naming_the_cause(read_only_lake: Path, backtrace: str) -> None:
     """On a read-only disk delta-rs panics (printed by Rust itself) and then raises: the operator reads one line,
-    cause first, and the panic only with RUST_BACKTRACE set."""
+    cause first, and the panic only with RUST_BACKTRACE set or --debug."""
     queue = PositionQueue(lake.table_uri(str(read_only_lake), lake.QUEUE_TABLE))
     before = queue.read()
     env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"} | (
-        {"RUST_BACKTRACE": "1"} if backtrace else {}
+        {"RUST_BACKTRACE": "1"} if backtrace == "1" else {}
     )
+    flags = ["--debug"] if backtrace == "--debug" else []
     done = subprocess.run(
-        [sys.executable, "-m", "position_pipeline", "enqueue", "--conid", "1", "--symbol", "A"],
+        [sys.executable, "-m", "position_pipeline", *flags, "enqueue", "--conid", "1", "--symbol", "A"],
         env={**env, "POSITION_LAKE_URI": str(read_only_lake)},
         capture_output=True,
         text=True,
