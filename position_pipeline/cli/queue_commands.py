@@ -10,13 +10,14 @@ from position_pipeline.cli.errors import CommandError, guarded
 from position_pipeline.cli.lake_option import open_queue, queue_uri, table_exists
 from position_pipeline.cli.output import count, print_json, say, step_printer
 from position_pipeline.core.terms import QueueStatus
+from position_pipeline.core.time_text import iso
 
 if TYPE_CHECKING:
     from position_pipeline.cli.parser import Subcommands
     from position_pipeline.core.queue.legacy import LegacyPlan
 
 LOST_SHOWN = 20
-"""Lost items the text report names one by one."""
+"""Lost items, and a dry run's new items, the text report names one by one (--json lists them all)."""
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -100,6 +101,19 @@ def _import_report(plan: LegacyPlan, adopted: int | None, table: str) -> dict[st
         "would_adopt": plan.new.height,
         "already_present": plan.already_present if adopted is None else plan.rows.height - adopted,
         "new_by_status": plan.new_by_status(),
+        "new_items": [
+            {
+                "request_id": row["request_id"],
+                "conid": row["conid"],
+                "symbol": row["symbol"],
+                "account": row["account"],
+                "priority": row["priority"],
+                "status": row["status"],
+                "created_at": iso(row["created_at"]),
+                "retry_after": iso(row["retry_after"]),
+            }
+            for row in plan.new.iter_rows(named=True)
+        ],
         "source_tz": plan.zone,
         "ambiguous_times": plan.ambiguous_times,
         "nonexistent_times": plan.nonexistent_times,
@@ -137,6 +151,15 @@ def _import_text(report: dict[str, Any]) -> list[str]:
         ]
     if statuses:
         lines.append(f"  new items: {statuses}")
+    if report["dry_run"]:
+        for item in report["new_items"][:LOST_SHOWN]:
+            retry = f", retried from {item['retry_after']}" if item["retry_after"] else ""
+            lines.append(
+                f"    {item['request_id']}  conid {item['conid']} {item['symbol']}  adopted {item['status']}, "
+                f"queued {item['created_at']}{retry}"
+            )
+        if len(report["new_items"]) > LOST_SHOWN:
+            lines.append(f"    ... and {len(report['new_items']) - LOST_SHOWN} more (--json lists them all)")
     chosen = [f"{report[k]} {k.split('_')[0]}" for k in ("ambiguous_times", "nonexistent_times") if report[k]]
     lines.append(
         f"  naive times read as {report['source_tz']}"

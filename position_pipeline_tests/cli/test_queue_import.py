@@ -141,21 +141,32 @@ def test_a_dry_run_prints_what_would_be_adopted_and_writes_nothing(
     new_york: None, call: Callable[..., Result], tmp_path: Path, lake_root: Path
 ) -> None:
     note = NoteQueue(tmp_path / "note_queue")
-    note.insert(1, "SPY")
+    pending = note.insert(1, "SPY", at=datetime(2026, 3, 2, 9, 30))  # New York wall time: 14:30 UTC
     done = note.insert(2, "QQQ")
     note.mark(done, "SUCCESS")
+    failed = note.insert(3, "IWM")
+    note.mark(failed, "FAILED", "Position not found in IB")
     note_version = DeltaTable(note.uri).version()
 
     code, out, _ = call("queue", "import", note.uri, "--dry-run")
     assert code == 0
-    assert out.splitlines()[:2] == [
-        f"Would adopt 2 items from {note.uri} into {lake.table_uri(str(lake_root), lake.QUEUE_TABLE)}; 0 were already "
+    lines = out.splitlines()
+    assert lines[:2] == [
+        f"Would adopt 3 items from {note.uri} into {lake.table_uri(str(lake_root), lake.QUEUE_TABLE)}; 0 were already "
         "there (dry run: nothing written)",
-        "  new items: 1 PENDING, 1 SUCCESS",
+        "  new items: 1 PENDING, 1 SUCCESS, 1 FAILED",
     ]
+    assert f"    {pending}  conid 1 SPY  adopted PENDING, queued 2026-03-02T14:30:00Z" in lines  # item by item
+    assert any(line.startswith(f"    {done}  conid 2 QQQ  adopted SUCCESS, queued ") for line in lines)
+    assert any(f"    {failed}  conid 3 IWM  adopted FAILED" in line and ", retried from " in line for line in lines)
     code, out, _ = call("queue", "import", note.uri, "--dry-run", "--json")
     report = json.loads(out)
-    assert (code, report["dry_run"], report["adopted"], report["would_adopt"]) == (0, True, None, 2)
+    assert (code, report["dry_run"], report["adopted"], report["would_adopt"]) == (0, True, None, 3)
+    assert {item["request_id"]: item["status"] for item in report["new_items"]} == {
+        pending: "PENDING",
+        done: "SUCCESS",
+        failed: "FAILED",
+    }
     assert_nothing_written(lake_root)
     assert DeltaTable(note.uri).version() == note_version, "the source is only read"
 
