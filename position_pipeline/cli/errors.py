@@ -3,7 +3,7 @@ as 130. Every command runs its work through `guarded`, so none prints a tracebac
 
 delta-rs' Rust code writes a panic (and with RUST_BACKTRACE its backtrace) straight to file descriptor 2 before it
 raises, for example on a read-only or full disk. `guarded` holds that output back unless `--debug` or RUST_BACKTRACE
-asks for it (then with the Python traceback too): the operator reads the cause, in one line, last.
+asks for it (`--debug` adds the Python traceback): the operator reads the cause, in one line, last.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def guarded(
     except QueueInputError as exc:
         print_problems(command, exc, source)
     except reported as exc:
-        if debugging():
+        if _tracebacks:
             traceback.print_exc(file=sys.stderr)
         say(f"{PROG} {command}: error: {error_line(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
@@ -71,8 +71,21 @@ def error_line(error: BaseException) -> str:
     return text
 
 
+_tracebacks = False
+"""`--debug` given: `guarded` prints the Python traceback before the one-line error."""
+
+
+def set_debug(on: bool) -> None:
+    """`--debug` for this command (every run of `cli.main` sets it): Python tracebacks, and Rust's own panic output
+    (RUST_BACKTRACE=1, which Rust reads when it panics)."""
+    global _tracebacks
+    _tracebacks = on
+    if on:
+        os.environ["RUST_BACKTRACE"] = "1"
+
+
 def debugging() -> bool:
-    """Whether the operator asked for tracebacks and Rust's own panic output (`--debug`, or RUST_BACKTRACE set and
+    """Whether the operator asked for Rust's own panic output and backtraces (`--debug`, or RUST_BACKTRACE set and
     not 0)."""
     return os.environ.get("RUST_BACKTRACE", "").strip() not in ("", "0")
 

@@ -7,16 +7,15 @@ UNHEALTHY), 130 interrupted.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
+from position_pipeline.cli.errors import set_debug
 from position_pipeline.cli.parser import build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse `argv` (default: the process's arguments), run the command and exit with its code."""
     args = build_parser().parse_args(argv)
-    if args.debug:  # read by cli/errors.py `debugging`, and by Rust itself when it panics
-        os.environ["RUST_BACKTRACE"] = "1"
+    set_debug(args.debug)
     sys.exit(args.handler(args))
