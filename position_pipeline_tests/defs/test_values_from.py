@@ -1,7 +1,8 @@
 """IB_VALUES_FROM through the pipeline: the setting refused when the resource is built, rows that say where their
 values came from (daily_pnl in the pnl mode, null in the account mode), and in the pnl mode one account whose PnL
 never comes (or stays unset) costing only its items: given back, no attempt counted, nothing FAILED, the other
-accounts' rows written in the same run, within its budget."""
+accounts' rows written in the same run, within its budget; in both modes, an item held in three accounts with its
+base-currency values (null, with a warning, for a currency IB sends no rate for)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from position_pipeline.core.queue import PositionQueue, QueueStatus
 from position_pipeline.defs.resources import IBResource, ib_resource
 from position_pipeline.ib_gateway_sim import GatewayState, GatewayThread
 from position_pipeline_tests.support.ib_reads import desk_items, holders_of, pnl_ended
+from position_pipeline_tests.support.sim_contracts import HSBC_HK
 from position_pipeline_tests.support.sync_runs import run_sync, updates
 
 pytestmark = pytest.mark.timeout(90)
@@ -112,3 +114,37 @@ def test_one_accounts_missing_pnl_gives_back_only_its_items_and_marks_nothing_fa
     warnings = [e.message for e in instance.all_logs(result.run_id) if f"account {second} not read" in e.message]
     assert len(warnings) == 1 and "reqPnLSingle sent no value for conid" in warnings[0]
     pnl_ended(sim)
+
+
+@pytest.mark.parametrize("values_from", ["account_updates", "pnl"])
+def test_an_item_held_in_three_accounts_gets_three_rows_in_base_currency_or_none_without_a_rate(
+    root: str, sim: GatewayThread, sim_state: GatewayState, instance: dg.DagsterInstance, values_from: str
+) -> None:
+    """Against the simulator, in either mode: an item without an account whose contract three accounts hold (one
+    of them EUR-based) gets three rows and succeeds; a listing in a currency IB sends no rate for has null base
+    values and a warning, never a guessed 1.0; a EUR listing's base values are its values times each account's
+    EUR rate (1.0 in the EUR-based account)."""
+    accounts = sim_state.accounts
+    for account in accounts:
+        sim.call(lambda gw, a=account: gw.state.set_position(a, HSBC_HK, 100, market_price=62.5))
+    euro = next(h for h in sim_state.positions() if h.contract.currency == "EUR")
+    queue = PositionQueue(lake.table_uri(root, lake.QUEUE_TABLE))
+    no_rate, in_euro = queue.insert_many([(HSBC_HK.conid, HSBC_HK.symbol), (euro.contract.conid, euro.contract.symbol)])
+
+    result = run_sync(root, sim, instance, values_from=values_from)
+
+    assert result.success
+    rows = updates(root)
+    hkd = rows.filter(pl.col("request_id") == no_rate)
+    assert sorted(hkd["account"]) == sorted(accounts) and {sim_state.base_currency(a) for a in accounts} >= {"EUR"}
+    assert hkd["market_value"].null_count() == 0
+    assert hkd["fx_rate"].null_count() == hkd["market_value_base"].null_count() == 3
+    eur = rows.filter(pl.col("request_id") == in_euro)
+    assert set(eur["account"]) == holders_of(sim_state)[euro.contract.conid]
+    for row in eur.iter_rows(named=True):
+        assert row["fx_rate"] == sim_state.exchange_rate(row["account"], "EUR")
+        assert row["fx_rate"] == 1.0 or sim_state.base_currency(row["account"]) != "EUR"
+        assert row["market_value_base"] == pytest.approx(row["market_value"] * row["fx_rate"])
+    assert set(queue.read()["status"]) == {QueueStatus.SUCCESS}
+    warnings = [e.message for e in instance.all_logs(result.run_id) if "no base-currency values" in e.message]
+    assert warnings and all("HKD" in w for w in warnings)
