@@ -108,7 +108,7 @@ async def read_snapshot_async(
         _check_positions(positions, managed, settings, client_id)
         latest = {(p.account, p.contract.conId): p for p in positions}  # later pushes replace earlier ones
         wanted = [p for p in latest.values() if p.account in accounts and p.contract.conId in conids]
-        wanted = [p for p in wanted if p.account in pinned.get(p.contract.conId, (p.account,))]  # pinned: theirs only
+        wanted = [p for p in wanted if _pinned_allows(pinned, p.account, p.contract.conId)]
         needed = sorted({p.account for p in wanted})
         if refused:  # no position list: every account is read, and its download lists its positions
             log.warning("IB refused reqPositions (%s): reading every account's download instead%s", refused[0],
@@ -159,6 +159,11 @@ async def _read_downloads(
         )
 
 
+def _pinned_allows(pinned: Mapping[int, Set[str]], account: str, conid: int) -> bool:
+    """Whether the read wants `account`'s position in `conid`: a pinned contract in its items' accounts only."""
+    return conid not in pinned or account in pinned[conid]
+
+
 def _held_positions(
     wanted: list[Position], downloads: dict[str, AccountDownload], conids: set[int], pinned: Mapping[int, Set[str]]
 ) -> list[HeldPosition]:
@@ -168,7 +173,7 @@ def _held_positions(
     listed = {(p.account, p.contract.conId) for p in wanted}
     for account, download in sorted(downloads.items()):
         for conid, item in sorted(download.items.items()):
-            if conid in conids and (account, conid) not in listed and account in pinned.get(conid, (account,)):
+            if conid in conids and (account, conid) not in listed and _pinned_allows(pinned, account, conid):
                 held.append(_held(account, item.contract, download, None, item.averageCost))
     return held
 
