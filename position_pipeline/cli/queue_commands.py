@@ -101,19 +101,7 @@ def _import_report(plan: LegacyPlan, adopted: int | None, table: str) -> dict[st
         "would_adopt": plan.new.height,
         "already_present": plan.already_present if adopted is None else plan.rows.height - adopted,
         "new_by_status": plan.new_by_status(),
-        "new_items": [
-            {
-                "request_id": row["request_id"],
-                "conid": row["conid"],
-                "symbol": row["symbol"],
-                "account": row["account"],
-                "priority": row["priority"],
-                "status": row["status"],
-                "created_at": iso(row["created_at"]),
-                "retry_after": iso(row["retry_after"]),
-            }
-            for row in plan.new.iter_rows(named=True)
-        ],
+        **({"new_items": _new_items(plan)} if adopted is None else {}),  # a dry run lists them; an import counts
         "source_tz": plan.zone,
         "ambiguous_times": plan.ambiguous_times,
         "nonexistent_times": plan.nonexistent_times,
@@ -134,6 +122,23 @@ def _import_report(plan: LegacyPlan, adopted: int | None, table: str) -> dict[st
         ],
         "unreadable_removed_files": history.unreadable_files,
     }
+
+
+def _new_items(plan: LegacyPlan) -> list[dict[str, Any]]:
+    """What a dry run would adopt, item by item (times in UTC)."""
+    return [
+        {
+            "request_id": row["request_id"],
+            "conid": row["conid"],
+            "symbol": row["symbol"],
+            "account": row["account"],
+            "priority": row["priority"],
+            "status": row["status"],
+            "created_at": iso(row["created_at"]),
+            "retry_after": iso(row["retry_after"]),
+        }
+        for row in plan.new.iter_rows(named=True)
+    ]
 
 
 def _import_text(report: dict[str, Any]) -> list[str]:
