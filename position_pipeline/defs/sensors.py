@@ -69,7 +69,7 @@ def _remember_queue_version(cursor: dict[str, int], queue: PositionQueue) -> dic
     """The cursor with the highest queue version seen and its commit time; QueueRolledBack when the version is
     below it, or when that version's commit now has another time (commits deleted, then as many new ones made)."""
     seen, seen_at = cursor.get("queue_version", -1), cursor.get("queue_commit_ms")
-    version, times = queue.log_tail(seen if seen >= 0 else None, ROLLBACK_CHECK_COMMITS)
+    version, times = queue.log_tail(max(seen, 0), ROLLBACK_CHECK_COMMITS)
     if version < seen:
         raise QueueRolledBack(_rolled_back(f"went back from version {seen} to {version}"))
     if seen_at is not None and times.get(seen, seen_at) != seen_at:

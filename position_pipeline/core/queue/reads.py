@@ -86,13 +86,13 @@ class QueueReads(QueueTable):
         """The table's current Delta version: it changes with every enqueue, claim and mark."""
         return self._open().version()
 
-    def log_tail(self, since: int | None, limit: int) -> tuple[int, dict[int, int]]:
+    def log_tail(self, since: int, limit: int) -> tuple[int, dict[int, int]]:
         """The table's current version, and version -> commit time (ms, the log's commitInfo) of its commits from
-        version `since` on (None: the newest only), at most `limit` of them: a commit deleted and written again under
-        its version has a new time. Only the commits asked for are read."""
+        version `since` on, at most `limit` of them: a commit deleted and written again under its version has a new
+        time. Only the commits asked for are read."""
         dt = self._open()
         version = dt.version()
-        newest = 1 if since is None else min(max(version - since + 1, 1), limit)
+        newest = min(max(version - since + 1, 1), limit)
         times = {int(c["version"]): int(c["timestamp"]) for c in dt.history(newest) if "timestamp" in c}
         return version, times
 
