@@ -48,7 +48,7 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
 )
 def position_sync_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
     queue = lake.queue()
-    cursor = _remember_queue_version(json.loads(context.cursor or "{}"), queue)
+    cursor = _remember_queue_version(json.loads(context.cursor or "{}"), queue.version())
     result = _sync_tick(context, queue, cursor)
     if isinstance(result, dg.SkipReason):
         context.update_cursor(json.dumps(cursor))  # a skipped tick remembers the version it saw too
@@ -60,34 +60,19 @@ class QueueRolledBack(Exception):
     looks (a rolled-back log can show items written back as PENDING again)."""
 
 
-ROLLBACK_CHECK_COMMITS = 100
-"""The most queue commits a tick reads to find the one it saw last (a few per tick when the sensor runs; more only
-after it was stopped, and then the commit-time check is skipped for that tick)."""
-
-
-def _remember_queue_version(cursor: dict[str, int], queue: PositionQueue) -> dict[str, int]:
-    """The cursor with the highest queue version seen and its commit time; QueueRolledBack when the version is
-    below it, or when that version's commit now has another time (commits deleted, then as many new ones made)."""
-    seen, seen_at = cursor.get("queue_version", -1), cursor.get("queue_commit_ms")
-    version, times = queue.log_tail(max(seen, 0), ROLLBACK_CHECK_COMMITS)
+def _remember_queue_version(cursor: dict[str, int], version: int) -> dict[str, int]:
+    """The cursor with the highest queue version seen; QueueRolledBack when `version` is below it."""
+    seen = cursor.get("queue_version", -1)
     if version < seen:
-        raise QueueRolledBack(_rolled_back(f"went back from version {seen} to {version}"))
-    if seen_at is not None and times.get(seen, seen_at) != seen_at:
         raise QueueRolledBack(
-            _rolled_back(f"version {seen} was committed again (at {times[seen]} ms, first at {seen_at} ms)")
+            f"the queue's Delta log went back from version {seen} to {version}: its latest commits were deleted or "
+            "the table was restored from an older copy, so items written back since may read PENDING again. "
+            "Syncing is stopped. Check positions/position_queue/_delta_log (and restore the missing commits if you "
+            "can), then clear this sensor's cursor to accept the table as it is: `dagster sensor cursor "
+            "position_sync_sensor --delete`, or Edit cursor on the sensor's page in the UI. Rows already in "
+            "position_updates are not written again."
         )
-    remembered = {key: value for key, value in cursor.items() if key != "queue_commit_ms"}
-    return {**remembered, "queue_version": version, **({"queue_commit_ms": times[version]} if version in times else {})}
-
-
-def _rolled_back(what: str) -> str:
-    return (
-        f"the queue's Delta log {what}: its latest commits were deleted or the table was restored from an older "
-        "copy, so items written back since may read PENDING again. Syncing is stopped. Check "
-        "positions/position_queue/_delta_log (and restore the missing commits if you can), then clear this "
-        "sensor's cursor to accept the table as it is: `dagster sensor cursor position_sync_sensor --delete`, or "
-        "Edit cursor on the sensor's page in the UI. Rows already in position_updates are not written again."
-    )
+    return {**cursor, "queue_version": max(version, seen)}
 
 
 def _sync_tick(

@@ -86,16 +86,6 @@ class QueueReads(QueueTable):
         """The table's current Delta version: it changes with every enqueue, claim and mark."""
         return self._open().version()
 
-    def log_tail(self, since: int, limit: int) -> tuple[int, dict[int, int]]:
-        """The table's current version, and version -> commit time (ms, the log's commitInfo) of its commits from
-        version `since` on, at most `limit` of them: a commit deleted and written again under its version has a new
-        time. Only the commits asked for are read."""
-        dt = self._open()
-        version = dt.version()
-        newest = min(max(version - since + 1, 1), limit)
-        times = {int(c["version"]): int(c["timestamp"]) for c in dt.history(newest) if "timestamp" in c}
-        return version, times
-
     def held_by(self, request_ids: Iterable[str], claimed_by: str) -> set[str]:
         """Which of these items are still PROCESSING under run `claimed_by` (a run checks before it writes)."""
         frame = self._held_scan(check_request_ids(list(request_ids)), claimed_by).select("request_id").collect()
